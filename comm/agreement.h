@@ -1,0 +1,27 @@
+// Fallible steps that all ranks take together: each rank runs its part, then all ranks learn whether any failed and
+// why, so every rank stops at the same point with the same message and none is left waiting in a collective.
+#pragma once
+
+#include "comm/communicator.h"
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+namespace ddprun::comm {
+
+// Thrown on every rank when the step failed on at least one; names the lowest failing rank and its message.
+class CollectiveFailure : public std::runtime_error {
+ public:
+  CollectiveFailure(int failed_rank, const std::string& message)
+      : std::runtime_error(message), failed_rank_(failed_rank) {}
+  int failed_rank() const { return failed_rank_; }
+
+ private:
+  int failed_rank_;
+};
+
+// Runs `step` on this rank, catching std::exception, then exchanges the outcome with every rank (one allgather).
+void run_on_all_ranks(Communicator& comm, const std::function<void()>& step);
+
+}  // namespace ddprun::comm
