@@ -1,0 +1,19 @@
+// A LibTorch module's state dict as Python's module.state_dict() lays it out (an OrderedDict of parameters and
+// buffers by dotted name, each module's own entries before its children's), and loading one back strictly.
+#pragma once
+
+#include "checkpoint/value.h"
+
+#include <torch/nn/module.h>
+
+namespace ddprun::checkpoint {
+
+// Detached tensors sharing memory with the module (no copy is made; save() writes them).
+Value module_state_dict(const torch::nn::Module& module);
+
+// Copies every entry into the module's parameters and buffers (on their devices). Keys saved from a DDP-wrapped
+// Python model ("module." prefix) are accepted. Throws std::runtime_error listing missing and unexpected keys and
+// shape mismatches; the module is unchanged when it throws.
+void load_module_state_dict(torch::nn::Module& module, const Value& state);
+
+}  // namespace ddprun::checkpoint
