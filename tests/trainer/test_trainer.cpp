@@ -1,0 +1,303 @@
+// Unit tests of ddptrain's pieces: flags, IDX files, the distributed sampler (against Python's), SGD (against
+// LibTorch's port of torch.optim.SGD), StepLR (against Python's) and the mnist_cnn state dict.
+#include "checkpoint/module_state.h"
+#include "trainer/distributed_sampler.h"
+#include "trainer/idx_dataset.h"
+#include "trainer/models.h"
+#include "trainer/options.h"
+#include "trainer/sgd.h"
+#include "trainer/step_lr.h"
+
+#include <gtest/gtest.h>
+#include <torch/optim/sgd.h>
+#include <torch/utils.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+using namespace ddprun::trainer;
+namespace fs = std::filesystem;
+
+namespace {
+
+ParseResult parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "ddptrain");
+  std::vector<const char*> argv;
+  for (const auto& a : args) argv.push_back(a.c_str());
+  return parse_options(static_cast<int>(argv.size()), argv.data());
+}
+
+std::string usage_error(std::vector<std::string> args) {
+  try {
+    parse(std::move(args));
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+// Output of tests/trainer/pytorch_reference.py, one vector of numbers per line.
+std::vector<std::vector<double>> python_reference(const std::string& args) {
+  const std::string command =
+      "/usr/bin/python3 " + std::string(DDPRUN_SOURCE_DIR) + "/tests/trainer/pytorch_reference.py " + args;
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
+  std::vector<std::vector<double>> lines;
+  char buffer[1 << 16];
+  while (pipe && fgets(buffer, sizeof buffer, pipe.get())) {
+    std::istringstream in(buffer);
+    lines.emplace_back();
+    for (double v; in >> v;) lines.back().push_back(v);
+  }
+  return lines;
+}
+
+fs::path temp_folder(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / ("ddprun_test_" + name + "_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::string idx_bytes(const std::vector<uint32_t>& shape, const std::vector<uint8_t>& data, int dims) {
+  std::string bytes{'\0', '\0', '\x08', static_cast<char>(dims)};
+  for (uint32_t d : shape)
+    for (int s = 24; s >= 0; s -= 8) bytes.push_back(static_cast<char>((d >> s) & 0xff));
+  bytes.append(data.begin(), data.end());
+  return bytes;
+}
+
+}  // namespace
+
+TEST(Options, DefaultsAndTorchvisionFlagNames) {
+  ParseResult r = parse({"--model", "mnist_cnn", "-b", "32", "--lr", "0.1", "--wd", "0.001", "--lr-step-size", "2",
+                         "--lr-gamma", "0.5", "--epochs", "3", "--train-limit", "100", "--seed", "7"});
+  EXPECT_EQ(r.options.batch_size, 32);
+  EXPECT_DOUBLE_EQ(r.options.lr, 0.1);
+  EXPECT_DOUBLE_EQ(r.options.weight_decay, 0.001);
+  EXPECT_EQ(r.options.lr_step_size, 2);
+  EXPECT_EQ(r.options.train_limit, 100);
+  EXPECT_EQ(r.options.seed, 7);
+  EXPECT_EQ(parse({}).options.data_path, "/usr/share/datasets/fashion-mnist");
+  EXPECT_DOUBLE_EQ(parse({"--weight-decay", "0.5"}).options.weight_decay, 0.5);
+}
+
+TEST(Options, HelpListsEveryFlagWithDefaults) {
+  ParseResult r = parse({"--help"});
+  ASSERT_TRUE(r.help_requested);
+  for (const char* flag : {"--data-path", "--model", "--epochs", "--batch-size", "-b", "--lr", "--momentum",
+                           "--weight-decay", "--wd", "--lr-step-size", "--lr-gamma", "--output-dir", "--resume",
+                           "--start-epoch", "--seed", "--train-limit", "--test-limit", "--config", "--threads"})
+    EXPECT_NE(r.help_text.find(flag), std::string::npos) << flag;
+  EXPECT_NE(r.help_text.find("(=0.05)"), std::string::npos) << r.help_text;
+}
+
+TEST(Options, ConfigFileFillsInAndFlagsWin) {
+  fs::path dir = temp_folder("config");
+  std::ofstream(dir / "run.ini") << "lr = 0.2\nepochs = 7\nbatch-size = 16\n";
+  ParseResult r = parse({"--config", (dir / "run.ini").string(), "--epochs", "2"});
+  EXPECT_DOUBLE_EQ(r.options.lr, 0.2);
+  EXPECT_EQ(r.options.batch_size, 16);
+  EXPECT_EQ(r.options.epochs, 2);
+  fs::remove_all(dir);
+}
+
+TEST(Options, BadInputNamesTheFlag) {
+  EXPECT_NE(usage_error({"--lr", "abc"}).find("--lr"), std::string::npos);
+  EXPECT_NE(usage_error({"--epochs", "0"}).find("--epochs 0 is out of range"), std::string::npos);
+  EXPECT_NE(usage_error({"--model", "resnet9000"}).find("--model 'resnet9000' is not a known model"),
+            std::string::npos);
+  EXPECT_NE(usage_error({"--no-such-flag"}).find("no-such-flag"), std::string::npos);
+  EXPECT_NE(usage_error({"--config", "/nonexistent/x.ini"}).find("--config '/nonexistent/x.ini' cannot be opened"),
+            std::string::npos);
+  EXPECT_NE(usage_error({"--wd", "0.1", "--weight-decay", "0.2"}).find("same flag"), std::string::npos);
+}
+
+TEST(IdxDataset, ReadsPlainAndGzippedFiles) {
+  fs::path dir = temp_folder("idx");
+  const std::string bytes = idx_bytes({3, 2, 2}, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, 3);
+  std::ofstream(dir / "plain-idx3-ubyte", std::ios::binary) << bytes;
+  gzFile gz = gzopen((dir / "zipped-idx3-ubyte.gz").c_str(), "wb");
+  gzwrite(gz, bytes.data(), static_cast<unsigned>(bytes.size()));
+  gzclose(gz);
+  for (const char* name : {"plain-idx3-ubyte", "zipped-idx3-ubyte"}) {
+    at::Tensor t = read_idx_file((dir / name).string(), 3);
+    EXPECT_EQ(t.sizes(), at::IntArrayRef({3, 2, 2})) << name;
+    EXPECT_EQ(t[2][1][1].item<int>(), 11) << name;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(IdxDataset, RefusesMissingTruncatedAndForeignFiles) {
+  fs::path dir = temp_folder("idx_bad");
+  auto error_of = [&](const std::string& name, int dims) -> std::string {
+    try {
+      read_idx_file((dir / name).string(), dims);
+    } catch (const DataError& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  EXPECT_NE(error_of("absent", 3).find("not found"), std::string::npos);
+  std::ofstream(dir / "short", std::ios::binary) << idx_bytes({10, 28, 28}, {1, 2, 3}, 3);
+  EXPECT_NE(error_of("short", 3).find("truncated"), std::string::npos);
+  std::ofstream(dir / "text", std::ios::binary) << "hello, this is not an IDX file";
+  EXPECT_NE(error_of("text", 3).find("not an IDX file"), std::string::npos);
+  std::ofstream(dir / "labels", std::ios::binary) << idx_bytes({2}, {1, 2}, 1);
+  EXPECT_NE(error_of("labels", 3).find("3 dimensions"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(IdxDataset, LoadsFashionMnistWithALimit) {
+  const std::string folder = "/usr/share/datasets/fashion-mnist";
+  if (!fs::exists(folder + "/train-labels-idx1-ubyte.gz")) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  ImageDataset test = load_idx_dataset(folder, Split::Test, 0);
+  EXPECT_EQ(test.size(), 10000);
+  EXPECT_EQ(test.images.sizes(), at::IntArrayRef({10000, 28, 28}));
+  EXPECT_EQ(test.labels.max().item<int64_t>(), 9);
+  ImageDataset train = load_idx_dataset(folder, Split::Train, 1234);
+  EXPECT_EQ(train.size(), 1234);
+  auto [images, labels] = make_batch(train, at::arange(5, at::kLong));
+  EXPECT_EQ(images.sizes(), at::IntArrayRef({5, 1, 28, 28}));
+  EXPECT_EQ(images.scalar_type(), at::kFloat);
+  EXPECT_NEAR(images.min().item<double>(), -0.1307 / 0.3081, 1e-5);
+}
+
+TEST(DistributedSampler, MatchesPyTorchIndexForIndex) {
+  for (auto [n, world, seed, epoch] :
+       std::vector<std::tuple<int, int, int, int>>{{10, 3, 0, 0}, {101, 2, 1, 4}, {5, 4, 42, 1}, {2, 3, 7, 9}}) {
+    auto expected = python_reference("sampler " + std::to_string(n) + " " + std::to_string(world) + " " +
+                                     std::to_string(seed) + " " + std::to_string(epoch));
+    ASSERT_EQ(static_cast<int>(expected.size()), world) << "python reference failed";
+    for (int rank = 0; rank < world; ++rank) {
+      DistributedSampler sampler(n, rank, world, /*shuffle=*/true, seed);
+      sampler.set_epoch(epoch);
+      at::Tensor got = sampler.indices();
+      ASSERT_EQ(got.size(0), static_cast<int64_t>(expected[rank].size()));
+      for (int64_t i = 0; i < got.size(0); ++i)
+        EXPECT_EQ(got[i].item<int64_t>(), static_cast<int64_t>(expected[rank][i])) << "n=" << n << " rank=" << rank;
+    }
+  }
+}
+
+TEST(DistributedSampler, EpochsReshuffleAndRanksCoverEverySample) {
+  DistributedSampler a(1000, 0, 2, true, 3), b(1000, 1, 2, true, 3);
+  at::Tensor all = at::cat({a.indices(), b.indices()});
+  EXPECT_EQ(std::get<0>(at::_unique(all)).size(0), 1000);
+  at::Tensor first = a.indices();
+  a.set_epoch(1);
+  EXPECT_FALSE(first.equal(a.indices()));
+}
+
+TEST(Sgd, ComputesWhatTorchOptimSgdComputes) {
+  for (bool nesterov : {false, true}) {
+    torch::manual_seed(0);
+    at::Tensor w = torch::randn({4, 3}, torch::requires_grad()), w_ref = w.detach().clone().requires_grad_(true);
+    SgdOptions options;
+    options.lr = 0.1;
+    options.momentum = 0.9;
+    options.weight_decay = 0.01;
+    options.nesterov = nesterov;
+    Sgd ours({w}, options);
+    torch::optim::SGD reference({w_ref},
+                                torch::optim::SGDOptions(0.1).momentum(0.9).weight_decay(0.01).nesterov(nesterov));
+    for (int step = 0; step < 5; ++step) {
+      at::Tensor target = torch::randn({4, 3});
+      ours.zero_grad();
+      reference.zero_grad();
+      (w * target).pow(2).sum().backward();
+      (w_ref * target).pow(2).sum().backward();
+      ours.step();
+      reference.step();
+      ASSERT_TRUE(w.allclose(w_ref, 1e-6, 1e-7)) << "nesterov=" << nesterov << " step " << step;
+    }
+  }
+}
+
+TEST(Sgd, StateDictHasPythonsLayoutAndRestores) {
+  at::Tensor w = torch::ones({2, 2}, torch::requires_grad()), unused = torch::ones({3}, torch::requires_grad());
+  SgdOptions options;
+  options.lr = 0.5;
+  options.momentum = 0.9;
+  Sgd sgd({w, unused}, options);
+  w.sum().backward();
+  sgd.step();
+  auto state = sgd.state_dict();
+  const auto& group = state.at("param_groups").items().at(0);
+  for (const char* key : {"lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach",
+                          "differentiable", "initial_lr", "params"})
+    EXPECT_NE(group.find(key), nullptr) << key;
+  EXPECT_EQ(group.at("params").items().size(), 2u);
+  EXPECT_TRUE(state.at("state").at(int64_t{0}).at("momentum_buffer").to_tensor().equal(torch::ones({2, 2})));
+  EXPECT_EQ(state.at("state").find(int64_t{1}), nullptr);  // no gradient yet, so no state, as in Python
+
+  Sgd restored({w.detach().clone().requires_grad_(true), unused}, SgdOptions{});
+  restored.load_state_dict(state);
+  EXPECT_DOUBLE_EQ(restored.lr(), 0.5);
+  EXPECT_DOUBLE_EQ(restored.options().momentum, 0.9);
+  Sgd wrong({w}, SgdOptions{});
+  EXPECT_THROW(wrong.load_state_dict(state), std::runtime_error);
+}
+
+TEST(StepLr, MatchesPyTorchToTheLastBitAndRestores) {
+  auto expected = python_reference("steplr 0.05 3 0.1 10");
+  ASSERT_EQ(expected.size(), 1u) << "python reference failed";
+  StepLr schedule(0.05, 3, 0.1);
+  for (size_t epoch = 0; epoch < expected[0].size(); ++epoch) {
+    EXPECT_EQ(schedule.lr(), expected[0][epoch]) << "epoch " << epoch;
+    schedule.step();
+  }
+  StepLr resumed(1.0, 1, 0.5);
+  resumed.load_state_dict(schedule.state_dict());
+  EXPECT_EQ(resumed.lr(), schedule.lr());
+  EXPECT_EQ(resumed.step(), schedule.step());
+}
+
+TEST(MnistCnn, HasPytorchExamplesNamesAndShapes) {
+  auto model = make_model("mnist_cnn");
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> expected{
+      {"conv1.weight", {32, 1, 3, 3}}, {"conv1.bias", {32}}, {"conv2.weight", {64, 32, 3, 3}}, {"conv2.bias", {64}},
+      {"fc1.weight", {128, 9216}},     {"fc1.bias", {128}},  {"fc2.weight", {10, 128}},        {"fc2.bias", {10}}};
+  auto state = ddprun::checkpoint::module_state_dict(*model);
+  ASSERT_EQ(state.entries().size(), expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(state.entries()[i].first.to_string(), expected[i].first);
+    EXPECT_EQ(state.entries()[i].second.to_tensor().sizes(), at::IntArrayRef(expected[i].second));
+  }
+  at::Tensor out = model->forward(torch::zeros({3, 1, 28, 28}));
+  EXPECT_EQ(out.sizes(), at::IntArrayRef({3, 10}));
+  EXPECT_THROW(make_model("nope"), std::invalid_argument);
+}
+
+TEST(ModuleState, LoadsStrictlyAndSaysWhatDoesNotMatch) {
+  auto a = make_model("mnist_cnn"), b = make_model("mnist_cnn");
+  ddprun::checkpoint::load_module_state_dict(*b, ddprun::checkpoint::module_state_dict(*a));
+  EXPECT_TRUE(b->named_parameters()["fc2.weight"].equal(a->named_parameters()["fc2.weight"]));
+
+  auto state = ddprun::checkpoint::Value::ordered_dict();
+  state.set("module.conv1.weight", torch::zeros({1}));
+  state.set("other", torch::zeros({1}));
+  try {
+    ddprun::checkpoint::load_module_state_dict(*b, state);
+    FAIL() << "mismatched state was accepted";
+  } catch (const std::runtime_error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("missing conv1.weight, conv1.bias, conv2.weight, conv2.bias, fc1.weight and 3 more"),
+              std::string::npos)
+        << message;
+    EXPECT_NE(message.find("unexpected module.conv1.weight, other"), std::string::npos) << message;
+  }
+  EXPECT_TRUE(b->named_parameters()["fc2.weight"].equal(a->named_parameters()["fc2.weight"]));
+
+  // A state saved from a DDP-wrapped Python model ("module." on every key) loads as is.
+  auto wrapped = ddprun::checkpoint::Value::ordered_dict();
+  const auto plain = ddprun::checkpoint::module_state_dict(*a);
+  for (const auto& [key, value] : plain.entries()) wrapped.set("module." + key.to_string(), value.to_tensor().clone());
+  auto c = make_model("mnist_cnn");
+  ddprun::checkpoint::load_module_state_dict(*c, wrapped);
+  EXPECT_TRUE(c->named_parameters()["conv1.weight"].equal(a->named_parameters()["conv1.weight"]));
+}

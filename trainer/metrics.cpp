@@ -1,0 +1,56 @@
+// Epoch summaries as text and JSON, the metrics.jsonl file and the live progress line.
+#include "trainer/metrics.h"
+
+#include <cstdio>
+#include <fstream>
+#include <stdexcept>
+
+namespace ddprun::trainer {
+
+std::string to_json(const EpochMetrics& m) {
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "{\"epoch\": %lld, \"train_loss\": %.6f, \"test_acc1\": %.4f, \"images_per_sec\": %.2f, "
+                "\"lr\": %.10g, \"epoch_seconds\": %.3f, \"world_size\": %d}",
+                static_cast<long long>(m.epoch), m.train_loss, m.test_acc1, m.images_per_sec, m.lr, m.epoch_seconds,
+                m.world_size);
+  return line;
+}
+
+std::string to_text(const EpochMetrics& m, int64_t epochs) {
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "epoch %lld/%lld  train_loss %.4f  test_acc1 %.2f%%  images/s %.1f  lr %.6g  (%.1f s)",
+                static_cast<long long>(m.epoch), static_cast<long long>(epochs - 1), m.train_loss, m.test_acc1,
+                m.images_per_sec, m.lr, m.epoch_seconds);
+  return line;
+}
+
+void append_line(const std::string& path, const std::string& line) {
+  std::ofstream out(path, std::ios::app);
+  out << line << '\n';
+  out.flush();
+  if (!out) throw std::runtime_error("cannot append to '" + path + "'; check that --output-dir is writable");
+}
+
+ProgressLine::ProgressLine(bool enabled) : enabled_(enabled) {}
+
+void ProgressLine::update(int64_t epoch, int64_t step, int64_t steps, double loss, double images_per_sec) {
+  if (!enabled_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (step + 1 < steps && now - last_ < std::chrono::milliseconds(250)) return;
+  last_ = now;
+  std::printf("\repoch %lld [%lld/%lld]  loss %.4f  images/s %.1f   ", static_cast<long long>(epoch),
+              static_cast<long long>(step + 1), static_cast<long long>(steps), loss, images_per_sec);
+  std::fflush(stdout);
+  drawn_ = true;
+}
+
+void ProgressLine::finish() {
+  if (!drawn_) return;
+  std::printf("\r\033[K");
+  std::fflush(stdout);
+  drawn_ = false;
+}
+
+}  // namespace ddprun::trainer

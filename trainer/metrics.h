@@ -1,0 +1,40 @@
+// What rank 0 reports: one line per epoch on stdout, a live progress line when stdout is a terminal, and one JSON
+// object per epoch appended to <output-dir>/metrics.jsonl.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace ddprun::trainer {
+
+struct EpochMetrics {
+  int64_t epoch = 0;
+  double train_loss = 0;
+  double test_acc1 = 0;  // percent
+  double images_per_sec = 0;
+  double lr = 0;  // the learning rate the epoch trained with
+  double epoch_seconds = 0;
+  int world_size = 1;
+};
+
+std::string to_json(const EpochMetrics& m);
+std::string to_text(const EpochMetrics& m, int64_t epochs);
+
+// Appends a line to `path`; throws std::runtime_error naming the path when it cannot.
+void append_line(const std::string& path, const std::string& line);
+
+// A progress line redrawn in place ("\r"), at most a few times a second; silent when stdout is not a terminal.
+class ProgressLine {
+ public:
+  explicit ProgressLine(bool enabled);
+  void update(int64_t epoch, int64_t step, int64_t steps, double loss, double images_per_sec);
+  void finish();  // clears the line before the epoch's summary is printed
+
+ private:
+  bool enabled_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+}  // namespace ddprun::trainer

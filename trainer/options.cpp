@@ -1,0 +1,117 @@
+// Parses ddptrain's flags and --config INI files with Boost.Program_options and checks every value's range.
+#include "trainer/options.h"
+
+#include <boost/program_options.hpp>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+namespace po = boost::program_options;
+
+namespace ddprun::trainer {
+
+const std::vector<std::string>& known_models() {
+  static const std::vector<std::string> names{"mnist_cnn"};
+  return names;
+}
+
+namespace {
+
+po::options_description describe(TrainOptions& o, double& wd_alias) {
+  po::options_description desc("ddptrain: the per-rank trainer (start it with ddprun or mpirun, one rank per device)");
+  // clang-format off
+  desc.add_options()
+    ("help,h", "print this help and exit")
+    ("config", po::value(&o.config), "an INI file with any of these options as name = value; flags win over it")
+    ("data-path", po::value(&o.data_path)->default_value(o.data_path),
+     "folder with the MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)")
+    ("model", po::value(&o.model)->default_value(o.model), "the network: mnist_cnn")
+    ("epochs", po::value(&o.epochs)->default_value(o.epochs), "number of epochs to train (epochs count from 0)")
+    ("batch-size,b", po::value(&o.batch_size)->default_value(o.batch_size), "images per rank per step")
+    ("lr", po::value(&o.lr)->default_value(o.lr, "0.05"), "initial learning rate")
+    ("momentum", po::value(&o.momentum)->default_value(o.momentum, "0.9"), "SGD momentum")
+    ("weight-decay", po::value(&o.weight_decay)->default_value(o.weight_decay, "0.0001"), "SGD weight decay")
+    ("wd", po::value(&wd_alias), "the same as --weight-decay")
+    ("lr-step-size", po::value(&o.lr_step_size)->default_value(o.lr_step_size),
+     "StepLR: multiply the learning rate by --lr-gamma every this many epochs")
+    ("lr-gamma", po::value(&o.lr_gamma)->default_value(o.lr_gamma, "0.1"), "StepLR: the factor")
+    ("output-dir", po::value(&o.output_dir)->default_value(o.output_dir),
+     "where rank 0 writes checkpoint.pth, model_<epoch>.pth and metrics.jsonl")
+    ("resume", po::value(&o.resume), "a checkpoint to continue from (every rank loads it onto its own device)")
+    ("start-epoch", po::value(&o.start_epoch)->default_value(o.start_epoch),
+     "first epoch to train (with --resume, the checkpoint's epoch + 1 is used)")
+    ("seed", po::value(&o.seed)->default_value(o.seed), "seed of weights, dropout and the data order")
+    ("train-limit", po::value(&o.train_limit)->default_value(o.train_limit),
+     "use only the first N training images (0: all)")
+    ("test-limit", po::value(&o.test_limit)->default_value(o.test_limit), "use only the first N test images (0: all)")
+    ("threads", po::value(&o.threads)->default_value(o.threads),
+     "intra-op threads per rank (0: the node's cores divided by the ranks on the node)");
+  // clang-format on
+  return desc;
+}
+
+template <typename T>
+void require(bool ok, const char* flag, T value, const char* rule) {
+  if (ok) return;
+  std::ostringstream out;
+  out << "--" << flag << " " << value << " is out of range: " << rule;
+  throw UsageError(out.str());
+}
+
+}  // namespace
+
+ParseResult parse_options(int argc, const char* const argv[]) {
+  ParseResult result;
+  TrainOptions& o = result.options;
+  double wd_alias = -1;
+  po::options_description desc = describe(o, wd_alias);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+    if (vm.count("help")) {
+      std::ostringstream text;
+      text << desc;
+      result.help_requested = true;
+      result.help_text = text.str();
+      return result;
+    }
+    if (vm.count("config")) {
+      const std::string path = vm["config"].as<std::string>();
+      std::ifstream file(path);
+      if (!file) throw UsageError("--config '" + path + "' cannot be opened; check the path");
+      po::store(po::parse_config_file(file, desc), vm);
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(std::string(e.what()) + "; run ddptrain --help for the flags");
+  }
+  if (vm.count("wd")) {
+    if (!vm["weight-decay"].defaulted() && wd_alias != o.weight_decay)
+      throw UsageError("--wd and --weight-decay are the same flag and were given different values");
+    o.weight_decay = wd_alias;
+  }
+
+  const auto& models = known_models();
+  if (std::find(models.begin(), models.end(), o.model) == models.end()) {
+    std::string list;
+    for (const auto& m : models) list += (list.empty() ? "" : ", ") + m;
+    throw UsageError("--model '" + o.model + "' is not a known model; choose one of: " + list);
+  }
+  require(o.epochs >= 1, "epochs", o.epochs, "must be at least 1");
+  require(o.batch_size >= 1, "batch-size", o.batch_size, "must be at least 1");
+  require(o.lr > 0, "lr", o.lr, "must be positive");
+  require(o.momentum >= 0 && o.momentum < 1, "momentum", o.momentum, "must be in [0, 1)");
+  require(o.weight_decay >= 0, "weight-decay", o.weight_decay, "must not be negative");
+  require(o.lr_step_size >= 1, "lr-step-size", o.lr_step_size, "must be at least 1");
+  require(o.lr_gamma > 0, "lr-gamma", o.lr_gamma, "must be positive");
+  require(o.seed >= 0, "seed", o.seed, "must not be negative");
+  require(o.start_epoch >= 0, "start-epoch", o.start_epoch, "must not be negative");
+  require(o.train_limit >= 0, "train-limit", o.train_limit, "must not be negative (0 means all)");
+  require(o.test_limit >= 0, "test-limit", o.test_limit, "must not be negative (0 means all)");
+  require(o.threads >= 0, "threads", o.threads, "must not be negative (0 means automatic)");
+  if (o.output_dir.empty()) throw UsageError("--output-dir is empty; give a folder for checkpoints and metrics");
+  return result;
+}
+
+}  // namespace ddprun::trainer

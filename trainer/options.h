@@ -1,0 +1,50 @@
+// ddptrain's options: flags named as in torchvision's classification reference, read from the command line and
+// optionally an INI file (--config), where flags win.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ddprun::trainer {
+
+struct TrainOptions {
+  std::string data_path = "/usr/share/datasets/fashion-mnist";
+  std::string model = "mnist_cnn";
+  int epochs = 5;
+  int batch_size = 64;  // per rank
+  double lr = 0.05;
+  double momentum = 0.9;
+  double weight_decay = 1e-4;
+  int lr_step_size = 3;
+  double lr_gamma = 0.1;
+  std::string output_dir = ".";
+  std::string resume;  // a checkpoint path, or empty
+  int start_epoch = 0;
+  int64_t seed = 1;
+  int64_t train_limit = 0;  // 0: the whole split
+  int64_t test_limit = 0;
+  int threads = 0;  // intra-op threads per rank; 0: cores on the node / ranks on the node
+  std::string config;
+};
+
+// A bad flag, value or config file: the message is one line that names the flag and says what to do.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct ParseResult {
+  TrainOptions options;
+  bool help_requested = false;
+  std::string help_text;
+};
+
+// Throws UsageError for unknown flags, malformed values, values out of range and unreadable --config files.
+ParseResult parse_options(int argc, const char* const argv[]);
+
+// The model names --model accepts.
+const std::vector<std::string>& known_models();
+
+}  // namespace ddprun::trainer
