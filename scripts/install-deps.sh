@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs every Debian package ddprun needs to build, train and run its tests. Idempotent: packages already
+# present are skipped, so a second run costs only a dpkg query.
+set -euo pipefail
+
+packages=(
+  cmake g++ make
+  libtorch-dev                    # LibTorch 1.13 (CPU)
+  libopenmpi-dev openmpi-bin      # MPI: process group and CPU collectives
+  libboost-program-options-dev    # ddptrain's flags and --config INI files
+  libgtest-dev googletest         # unit and multi-rank tests
+  zlib1g-dev                      # gzipped IDX files
+  dataset-fashion-mnist           # the real data set, IDX format
+  libopenblas0-openmp             # an optimized BLAS behind libblas.so.3 (the reference one is 10-17x slower)
+  python3-torch python3-torchvision  # tests that read our checkpoints with Python's torch.load
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    sudo_cmd=sudo
+  else
+    sudo_cmd=
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# libblas.so.3 must point at OpenBLAS, not the reference BLAS that other packages may have pulled in.
+alt=libblas.so.3-x86_64-linux-gnu
+openblas=$(update-alternatives --list "$alt" 2>/dev/null | grep -m1 openblas || true)
+if [ -n "$openblas" ] && ! update-alternatives --query "$alt" | grep -q "^Value: $openblas"; then
+  ${sudo_cmd:-} update-alternatives --set "$alt" "$openblas"
+fi
+echo "install-deps: all packages present; libblas.so.3 -> $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3)"

@@ -1,0 +1,128 @@
+"""PyTorch's own DDP (Python, gloo, CPU) on the same task as ddptrain, for side-by-side comparison.
+
+Same network (pytorch/examples' MNIST Net), same data and normalization, same DistributedSampler seed, SGD with
+momentum and weight decay, StepLR, batch per rank, one intra-op thread per rank. Prints one line per epoch and a
+final JSON line: {"impl": "pytorch_ddp", "epochs": E, "test_acc1": ..., "images_per_sec": ...}.
+
+  /usr/bin/python3 scripts/reference/pytorch_ddp_mnist.py --ranks 2 --epochs 2 -b 64 --lr 0.05 \
+      --train-limit 12000 --test-limit 2000
+"""
+import argparse
+import gzip
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = self.dropout2(x)
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
+
+
+def read_idx(path):
+    with gzip.open(path) if path.endswith(".gz") else open(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape).copy())
+
+
+def load(folder, split, limit):
+    prefix = os.path.join(folder, "train" if split == "train" else "t10k")
+    images = read_idx(prefix + "-images-idx3-ubyte.gz").float().div(255).sub(0.1307).div(0.3081).unsqueeze(1)
+    labels = read_idx(prefix + "-labels-idx1-ubyte.gz").long()
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return torch.utils.data.TensorDataset(images, labels)
+
+
+def worker(rank, args):
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(args.port))
+    torch.set_num_threads(args.threads)
+    dist.init_process_group("gloo", rank=rank, world_size=args.ranks)
+    torch.manual_seed(args.seed)
+    train, test = load(args.data_path, "train", args.train_limit), load(args.data_path, "test", args.test_limit)
+    sampler = torch.utils.data.DistributedSampler(train, shuffle=True, seed=args.seed)
+    loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, sampler=sampler)
+    model = nn.parallel.DistributedDataParallel(Net())
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step_size, gamma=args.lr_gamma)
+    acc = 0.0
+    rates = []
+    for epoch in range(args.epochs):
+        model.train()
+        sampler.set_epoch(epoch)
+        start = time.time()
+        for images, labels in loader:
+            opt.zero_grad()
+            F.nll_loss(model(images), labels).backward()
+            opt.step()
+        elapsed = torch.tensor([time.time() - start])
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        rates.append(len(sampler) * args.ranks / elapsed.item())
+        sched.step()
+        model.eval()
+        correct = torch.zeros(2)
+        with torch.no_grad():
+            idx = torch.arange(rank, len(test), args.ranks)
+            for b in range(0, len(idx), args.batch_size):
+                images, labels = test[idx[b:b + args.batch_size]]
+                correct[0] += (model(images).argmax(1) == labels).sum()
+                correct[1] += len(labels)
+        dist.all_reduce(correct)
+        acc = 100.0 * correct[0].item() / correct[1].item()
+        if rank == 0:
+            print(f"pytorch_ddp epoch {epoch}: test_acc1 {acc:.2f}%  images/s {rates[-1]:.1f}", flush=True)
+    if rank == 0:
+        print(json.dumps({"impl": "pytorch_ddp", "ranks": args.ranks, "epochs": args.epochs, "test_acc1": acc,
+                          "images_per_sec": float(np.median(rates))}), flush=True)
+    dist.destroy_process_group()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ranks", type=int, default=2)
+    p.add_argument("--data-path", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("-b", "--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", "--wd", type=float, default=1e-4)
+    p.add_argument("--lr-step-size", type=int, default=3)
+    p.add_argument("--lr-gamma", type=float, default=0.1)
+    p.add_argument("--train-limit", type=int, default=0)
+    p.add_argument("--test-limit", type=int, default=0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--port", type=int, default=29533)
+    args = p.parse_args()
+    mp.spawn(worker, args=(args,), nprocs=args.ranks)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Opens a ddptrain checkpoint the way a Python user would (run with /usr/bin/python3, which has torch):
+torch.load, then model / optimizer / lr_scheduler into pytorch/examples' MNIST Net, SGD and StepLR, strictly.
+
+  check_checkpoint.py PATH EPOCH LR   -> exits 0 when everything loads and matches, else prints why and exits 1
+"""
+import pickletools
+import sys
+import zipfile
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    """pytorch/examples mnist/main.py's network, verbatim."""
+
+    def __init__(self):
+        super(Net, self).__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = self.dropout2(x)
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
+
+
+ALLOWED_GLOBALS = {"collections OrderedDict", "torch._utils _rebuild_tensor_v2"} | {
+    f"torch {t}Storage" for t in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
+}
+
+
+def audit_pickle(path):
+    """Every global the pickle names must be one torch.load(weights_only=True) accepts (PyTorch 2.x allow-list)."""
+    with zipfile.ZipFile(path) as z:
+        name = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+        data = z.read(name)
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"):
+            if op.name != "GLOBAL" or arg not in ALLOWED_GLOBALS:
+                raise SystemExit(f"{path}: pickle uses {op.name} {arg!r}, which weights_only=True refuses")
+
+
+def main(path, epoch, lr):
+    audit_pickle(path)
+    ckpt = torch.load(path, map_location="cpu")
+    assert set(ckpt) >= {"model", "optimizer", "lr_scheduler", "epoch", "args"}, sorted(ckpt)
+    assert ckpt["epoch"] == epoch, (ckpt["epoch"], epoch)
+    model = Net()
+    model.load_state_dict(ckpt["model"], strict=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    scheduler.load_state_dict(ckpt["lr_scheduler"])
+    got_lr = optimizer.param_groups[0]["lr"]
+    assert abs(got_lr - lr) <= 1e-12 * lr, (got_lr, lr)
+    assert abs(scheduler.get_last_lr()[0] - lr) <= 1e-12 * lr, scheduler.get_last_lr()
+    # The restored network works: a step of training and a forward pass in Python.
+    x = torch.randn(4, 1, 28, 28)
+    loss = F.nll_loss(model(x), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    assert torch.isfinite(loss), loss
+    print(f"python: {path} loads into Net/SGD/StepLR (epoch {epoch}, lr {got_lr})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))

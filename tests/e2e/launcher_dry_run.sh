@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# ddprun builds the mpirun command users expect: -np, no binding, ddptrain found beside ddprun, arguments kept.
+set -euo pipefail
+bin=$1
+fail() { echo "FAILED: $*" >&2; exit 1; }
+line=$(env -u SLURM_NTASKS -u CUDA_VISIBLE_DEVICES "$bin/ddprun" --np 3 --dry-run -- ddptrain --lr 0.1 --output-dir "a b")
+echo "$line"
+[[ "$line" == "mpirun -np 3 --bind-to none --map-by slot "* ]] || fail "unexpected start: $line"
+[[ "$line" == *" $bin/ddptrain --lr 0.1 --output-dir 'a b'" ]] || fail "program or arguments changed: $line"
+line=$(env -u CUDA_VISIBLE_DEVICES SLURM_NTASKS=4 "$bin/ddprun" --dry-run -- /bin/true)
+[[ "$line" == "mpirun -np 4 "* ]] || fail "SLURM_NTASKS not used: $line"
+line=$(env -u SLURM_NTASKS CUDA_VISIBLE_DEVICES=0,1 "$bin/ddprun" --dry-run -- /bin/true)
+[[ "$line" == "mpirun -np 2 "* ]] || fail "CUDA_VISIBLE_DEVICES not used: $line"
+err=$(mktemp)
+if "$bin/ddprun" --np two -- /bin/true 2> "$err"; then fail "accepted --np two"; fi
+grep -q "^ddprun: error: --np 'two' is not a positive whole number" "$err" || fail "bad --np message: $(cat "$err")"
+rm -f "$err"
+"$bin/ddprun" --np 2 -- /bin/sh -c 'test "$OMPI_COMM_WORLD_SIZE" = 2' || fail "mpirun did not start 2 ranks"
+echo "PASSED"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# End to end: 2 ranks train 2 epochs on a subset and checkpoint; a second run (through ddprun) resumes from
+# checkpoint.pth and trains the third epoch with the restored learning rate; Python opens the result.
+set -euo pipefail
+bin=$1
+src=$2
+out=$(mktemp -d /tmp/ddprun_e2e.XXXXXX)
+trap 'rm -rf "$out"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+common=(--model mnist_cnn -b 32 --lr 0.05 --lr-step-size 1 --lr-gamma 0.5 --train-limit 1200 --test-limit 400
+        --threads 1 --output-dir "$out")
+fail() { echo "FAILED: $*" >&2; exit 1; }
+
+mpirun --oversubscribe -np 2 "$bin/ddptrain" "${common[@]}" --epochs 2 | tee "$out/run1.log"
+for f in checkpoint.pth model_0.pth model_1.pth metrics.jsonl; do [ -s "$out/$f" ] || fail "missing $out/$f"; done
+[ "$(wc -l < "$out/metrics.jsonl")" -eq 2 ] || fail "metrics.jsonl should have 2 lines"
+grep -q '"epoch": 0, .*"lr": 0.05,' "$out/metrics.jsonl" || fail "epoch 0 should train with lr 0.05"
+grep -q '"epoch": 1, .*"lr": 0.025,' "$out/metrics.jsonl" || fail "epoch 1 should train with lr 0.025"
+cmp -s "$out/checkpoint.pth" "$out/model_1.pth" || fail "checkpoint.pth is not the newest epoch's file"
+ls "$out" | grep -q '\.tmp' && fail "a temporary file was left behind"
+
+"$bin/ddprun" --np 2 -- ddptrain "${common[@]}" --epochs 3 --resume "$out/checkpoint.pth" | tee "$out/run2.log"
+grep -q "continuing at epoch 2 with lr 0.0125" "$out/run2.log" || fail "the resumed run did not continue at epoch 2"
+grep -q "^epoch 0/" "$out/run2.log" && fail "the resumed run trained epoch 0 again"
+[ "$(wc -l < "$out/metrics.jsonl")" -eq 3 ] || fail "metrics.jsonl should have 3 lines after the resume"
+grep -q '"epoch": 2, .*"lr": 0.0125,' "$out/metrics.jsonl" || fail "epoch 2 should train with lr 0.0125"
+acc=$(sed -n 's/.*"epoch": 2, .*"test_acc1": \([0-9.]*\).*/\1/p' "$out/metrics.jsonl")
+awk -v a="$acc" 'BEGIN { exit !(a > 50) }' || fail "test accuracy after 3 epochs is $acc%, expected above 50%"
+
+/usr/bin/python3 "$src/tests/e2e/check_checkpoint.py" "$out/checkpoint.pth" 2 0.00625
+/usr/bin/python3 "$src/tests/e2e/check_checkpoint.py" "$out/model_0.pth" 0 0.025
+echo "PASSED: train, checkpoint, resume at epoch 2 (test_acc1 $acc%), Python loads the files"
