@@ -31,18 +31,23 @@ for seed in $seeds; do
   line=$(/usr/bin/python3 scripts/reference/pytorch_ddp_mnist.py --ranks 2 "${common[@]}" --seed "$seed" | tail -n 1)
   acc=$(sed 's/.*"test_acc1": \([0-9.]*\).*/\1/' <<< "$line")
   ips=$(sed 's/.*"images_per_sec": \([0-9.]*\).*/\1/' <<< "$line")
-  echo "pytorch_ddp  seed $seed: test_acc1 $acc%  images/s $ips"
+  printf 'pytorch_ddp  seed %s: test_acc1 %s%%  images/s %.1f\n' "$seed" "$acc" "$ips"
   echo "pytorch_ddp $seed $acc $ips" >> "$results"
 done
 echo
-for impl in ddprun pytorch_ddp; do
-  awk -v impl="$impl" '$1 == impl { a[++n] = $3; s[n] = $4 }
-    function median(x, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (x[j] < x[i]) { t = x[i]; x[i] = x[j]; x[j] = t }
-                                        return n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2 }
-    END { lo = a[1]; hi = a[1]; for (i = 1; i <= n; i++) { if (a[i] < lo) lo = a[i]; if (a[i] > hi) hi = a[i] }
-          slo = s[1]; shi = s[1]; for (i = 1; i <= n; i++) { if (s[i] < slo) slo = s[i]; if (s[i] > shi) shi = s[i] }
-          ma = median(a, n); ms = median(s, n)
-          printf "%-12s test_acc1 median %.2f%% (range %.2f-%.2f)  images/s median %.1f (range %.1f-%.1f)  runs %d\n", impl, ma, lo, hi, ms, slo, shi, n
-          printf "{\"impl\": \"%s\", \"ranks\": 2, \"epochs\": %d, \"test_acc1_median\": %.2f, \"images_per_sec_median\": %.1f, \"runs\": %d}\n", impl, '"$epochs"', ma, ms, n > "/dev/stderr" }' "$results"
-done 2>&1
+# One summary row per implementation (median and range over the seeds), then the same as JSON lines.
+summary() {
+  awk -v impl="$1" -v json="$2" -v epochs="$epochs" '
+    function sort(x, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (x[j] < x[i]) { t = x[i]; x[i] = x[j]; x[j] = t } }
+    function median(x, n) { return n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2 }
+    $1 == impl { n++; a[n] = $3; s[n] = $4 }
+    END {
+      sort(a, n); sort(s, n)
+      if (json) printf "{\"impl\": \"%s\", \"ranks\": 2, \"epochs\": %d, \"runs\": %d, \"test_acc1_median\": %.2f, \"images_per_sec_median\": %.1f}\n", impl, epochs, n, median(a, n), median(s, n)
+      else printf "%-12s test_acc1 median %.2f%% (range %.2f-%.2f)  images/s median %.1f (range %.1f-%.1f)  runs %d\n", impl, median(a, n), a[1], a[n], median(s, n), s[1], s[n], n
+    }' "$results"
+}
+for json in 0 1; do summary ddprun $json; summary pytorch_ddp $json; done
+ips_ratio=$(awk '$1 == "ddprun" { d[++n] = $4 } $1 == "pytorch_ddp" { p[++m] = $4 } END { for (i = 1; i <= n; i++) r[i] = d[i] / p[i]; for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }; printf "%.2f", n % 2 ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2 }' "$results")
+echo "images/s ddprun / pytorch_ddp, median of per-seed ratios: $ips_ratio"
 rm -f "$results"

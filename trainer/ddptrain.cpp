@@ -4,6 +4,7 @@
 // Exit codes: 0 success; 1 a run-time failure (data, checkpoint, collective); 2 bad flags or config.
 #include "comm/agreement.h"
 #include "comm/communicator.h"
+#include "trainer/host_memory.h"
 #include "trainer/options.h"
 #include "trainer/trainer.h"
 
@@ -27,6 +28,7 @@ void report(int rank, const CollectiveFailure& failure) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const std::string memory_policy = ddprun::trainer::keep_freed_host_memory();
   std::unique_ptr<ddprun::comm::Communicator> comm;
   try {
     comm = ddprun::comm::make_mpi_communicator();
@@ -49,7 +51,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    ddprun::trainer::train(parsed.options, *comm);
+    ddprun::trainer::train(parsed.options, *comm, memory_policy);
   } catch (const CollectiveFailure& failure) {
     report(rank, failure);
     return 1;

@@ -129,8 +129,12 @@ void publish_alias(const std::string& target, const std::string& alias, const Va
 
 class Run {
  public:
-  Run(const TrainOptions& options, comm::Communicator& comm)
-      : o_(options), comm_(comm), rank0_(comm.rank() == 0), device_(pick_device(comm.local_rank())) {}
+  Run(const TrainOptions& options, comm::Communicator& comm, std::string host_memory)
+      : o_(options),
+        comm_(comm),
+        rank0_(comm.rank() == 0),
+        device_(pick_device(comm.local_rank())),
+        host_memory_(std::move(host_memory)) {}
 
   void execute() {
     set_up();
@@ -163,10 +167,12 @@ class Run {
     at::set_num_threads(threads);
     if (rank0_) {
       const BlasInfo blas = detect_blas();
-      std::printf("ddptrain: %d rank(s) over %s, device %s, %d intra-op thread(s) per rank, BLAS: %s%s%s\n",
-                  comm_.size(), comm_.backend_name().c_str(), device_.str().c_str(), threads, blas.name.c_str(),
-                  blas.library_path.empty() ? "" : (" (" + blas.library_path + ")").c_str(),
-                  blas.detail.empty() ? "" : (" [" + blas.detail + "]").c_str());
+      std::printf(
+          "ddptrain: %d rank(s) over %s, device %s, %d intra-op thread(s) per rank, host memory: %s\n"
+          "ddptrain: BLAS: %s%s%s\n",
+          comm_.size(), comm_.backend_name().c_str(), device_.str().c_str(), threads, host_memory_.c_str(),
+          blas.name.c_str(), blas.library_path.empty() ? "" : (" (" + blas.library_path + ")").c_str(),
+          blas.detail.empty() ? "" : (" [" + blas.detail + "]").c_str());
       if (blas.is_reference)
         std::fprintf(stderr,
                      "ddptrain: warning: LibTorch is using the reference BLAS, which is 10-17x slower; install an "
@@ -319,6 +325,7 @@ class Run {
   comm::Communicator& comm_;
   const bool rank0_;
   const c10::Device device_;
+  const std::string host_memory_;
   ImageDataset train_data_, test_data_;
   std::shared_ptr<Model> model_;
   std::vector<at::Tensor> params_;
@@ -330,6 +337,8 @@ class Run {
 
 }  // namespace
 
-void train(const TrainOptions& options, comm::Communicator& comm) { Run(options, comm).execute(); }
+void train(const TrainOptions& options, comm::Communicator& comm, const std::string& host_memory) {
+  Run(options, comm, host_memory).execute();
+}
 
 }  // namespace ddprun::trainer

@@ -5,10 +5,13 @@
 #include "comm/communicator.h"
 #include "trainer/options.h"
 
+#include <string>
+
 namespace ddprun::trainer {
 
 // Returns when every epoch is done. Set-up and checkpoint failures are agreed on by all ranks and thrown as
 // comm::CollectiveFailure on every rank; any other exception is this rank's alone (the caller must end the job).
-void train(const TrainOptions& options, comm::Communicator& comm);
+// `host_memory` is what keep_freed_host_memory() did, for the start-up line.
+void train(const TrainOptions& options, comm::Communicator& comm, const std::string& host_memory);
 
 }  // namespace ddprun::trainer
