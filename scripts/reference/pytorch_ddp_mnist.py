@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 
 class Net(nn.Module):
+    """pytorch/examples mnist/main.py's network, verbatim (names and shapes are what ddptrain's mnist_cnn matches)."""
+
     def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 32, 3, 1)
