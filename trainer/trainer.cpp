@@ -180,6 +180,10 @@ class Run {
       std::fflush(stdout);
     }
 
+    // Checkpoints go here after the first epoch: find out now, not after an epoch of training, if they cannot.
+    comm::run_on_all_ranks(comm_, [&] {
+      if (rank0_) create_output_dir();
+    });
     comm::run_on_all_ranks(comm_, [&] {
       try {
         train_data_ = load_idx_dataset(o_.data_path, Split::Train, o_.train_limit);
@@ -211,6 +215,12 @@ class Run {
     comm_.broadcast(state, 0);
 
     sampler_ = std::make_unique<DistributedSampler>(train_data_.size(), comm_.rank(), comm_.size(), true, o_.seed);
+  }
+
+  void create_output_dir() const {
+    std::error_code ec;
+    std::filesystem::create_directories(o_.output_dir, ec);
+    if (ec) throw std::runtime_error("cannot create --output-dir '" + o_.output_dir + "': " + ec.message());
   }
 
   void resume() {
@@ -306,9 +316,7 @@ class Run {
   void save_checkpoint(int epoch, const EpochMetrics& m) {
     comm::run_on_all_ranks(comm_, [&] {
       if (!rank0_) return;
-      std::error_code ec;
-      std::filesystem::create_directories(o_.output_dir, ec);
-      if (ec) throw std::runtime_error("cannot create --output-dir '" + o_.output_dir + "': " + ec.message());
+      create_output_dir();
       const Value object = Value::dict({{"model", checkpoint::module_state_dict(*model_)},
                                         {"optimizer", sgd_->state_dict()},
                                         {"lr_scheduler", scheduler_->state_dict()},

@@ -40,11 +40,15 @@ s = torch.optim.lr_scheduler.StepLR(o, 3)
 torch.save({'model': m.state_dict(), 'optimizer': o.state_dict(), 'lr_scheduler': s.state_dict(), 'epoch': 4},
            '$work/linear.pth')"
     args=(--resume "$work/linear.pth"); expect="model state does not match the model: missing conv1.weight" ;;
+  output_unwritable)
+    touch "$work/file"
+    small=(--train-limit 64 --test-limit 64 --epochs 1 --threads 1 --output-dir "$work/file/out")
+    args=(); expect="cannot create --output-dir '$work/file/out'" ;;
   *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac
 
 # --quiet keeps mpirun's own "a process returned a non-zero exit code" notice out of the stderr we judge.
-mpirun --quiet --oversubscribe -np 2 "$bin/ddptrain" "${small[@]}" "${args[@]}" > "$work/stdout" 2> "$work/stderr"
+mpirun --quiet --oversubscribe -np 2 "$bin/ddptrain" "${small[@]}" ${args[@]+"${args[@]}"} > "$work/stdout" 2> "$work/stderr"
 rc=$?
 echo "exit code $rc; stderr:"; cat "$work/stderr"
 [ "$rc" -ne 0 ] || { echo "FAILED: exit code 0 for a bad input"; exit 1; }

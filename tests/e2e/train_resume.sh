@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End to end: 2 ranks train 2 epochs on a subset and checkpoint; a second run (through ddprun) resumes from
-# checkpoint.pth and trains the third epoch with the restored learning rate; Python opens the result.
+# checkpoint.pth and trains the third epoch with the restored learning rate; a third run resumes that on 3 ranks;
+# Python opens the results.
 set -euo pipefail
 bin=$1
 src=$2
@@ -27,6 +28,13 @@ grep -q '"epoch": 2, .*"lr": 0.0125,' "$out/metrics.jsonl" || fail "epoch 2 shou
 acc=$(sed -n 's/.*"epoch": 2, .*"test_acc1": \([0-9.]*\).*/\1/p' "$out/metrics.jsonl")
 awk -v a="$acc" 'BEGIN { exit !(a > 50) }' || fail "test accuracy after 3 epochs is $acc%, expected above 50%"
 
-/usr/bin/python3 "$src/tests/e2e/check_checkpoint.py" "$out/checkpoint.pth" 2 0.00625
+# Resume anywhere: the 2-rank checkpoint continues on 3 ranks (an uneven split: the sampler pads).
+mpirun --oversubscribe -np 3 "$bin/ddptrain" "${common[@]}" --epochs 4 --resume "$out/checkpoint.pth" | tee "$out/run3.log"
+grep -q "ddptrain: 3 rank(s)" "$out/run3.log" || fail "the third run did not start 3 ranks"
+grep -q "continuing at epoch 3 with lr 0.00625" "$out/run3.log" || fail "the 3-rank run did not continue at epoch 3"
+grep -q '"epoch": 3, .*"world_size": 3' "$out/metrics.jsonl" || fail "epoch 3 should be recorded with world_size 3"
+
+/usr/bin/python3 "$src/tests/e2e/check_checkpoint.py" "$out/model_2.pth" 2 0.00625
+/usr/bin/python3 "$src/tests/e2e/check_checkpoint.py" "$out/checkpoint.pth" 3 0.003125
 /usr/bin/python3 "$src/tests/e2e/check_checkpoint.py" "$out/model_0.pth" 0 0.025
-echo "PASSED: train, checkpoint, resume at epoch 2 (test_acc1 $acc%), Python loads the files"
+echo "PASSED: train, checkpoint, resume at epoch 2 (test_acc1 $acc%), resume on 3 ranks, Python loads the files"
