@@ -1,15 +1,23 @@
 // run_on_all_ranks: exceptions turned into one message every rank agrees on.
 #include "comm/agreement.h"
 
+#include <c10/util/Exception.h>
+
 namespace ddprun::comm {
+
+std::string error_message(const std::exception& e) {
+  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+  std::string message = c10_error ? c10_error->what_without_backtrace() : e.what();
+  if (const size_t end = message.find('\n'); end != std::string::npos) message.resize(end);
+  return message.empty() ? "unknown error" : message;
+}
 
 void run_on_all_ranks(Communicator& comm, const std::function<void()>& step) {
   std::string error;
   try {
     step();
   } catch (const std::exception& e) {
-    error = e.what();
-    if (error.empty()) error = "unknown error";
+    error = error_message(e);
   }
   const std::vector<std::string> errors = comm.allgather_bytes(error);
   for (int r = 0; r < static_cast<int>(errors.size()); ++r) {

@@ -21,6 +21,10 @@ class CollectiveFailure : public std::runtime_error {
   int failed_rank_;
 };
 
+// The message of an exception as one line: LibTorch's c10::Error carries a C++ backtrace after its message, which
+// users should not see.
+std::string error_message(const std::exception& e);
+
 // Runs `step` on this rank, catching std::exception, then exchanges the outcome with every rank (one allgather).
 void run_on_all_ranks(Communicator& comm, const std::function<void()>& step);
 

@@ -12,8 +12,6 @@ namespace ddprun::comm {
 
 enum class ReduceOp { Sum, Average, Max, Min };
 
-const char* to_string(ReduceOp op);
-
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -38,8 +36,6 @@ class Communicator {
 
   void allreduce(at::Tensor& tensor, ReduceOp op);
   void broadcast(at::Tensor& tensor, int root);
-  // True on every rank when every rank passed true: the cheap agreement used before and after fallible steps.
-  bool all_true(bool value);
 };
 
 // Starts MPI if nobody has (and finalizes it when the communicator goes away).

@@ -1,5 +1,6 @@
 // ddprun: starts one ddptrain rank per device through mpirun, then becomes mpirun (exec), so signals and the exit
 // status pass straight through. It shares no code with the ranks: it only builds a command line.
+// Its own errors (bad options, no mpirun) exit with 2.
 //
 //   ddprun [--np N] [--mpirun PATH] [-x VAR]... [--dry-run] -- PROGRAM [ARGS...]
 #include <sched.h>
@@ -20,8 +21,8 @@ constexpr const char* kUsage =
     "Starts PROGRAM (usually ddptrain) once per rank with mpirun.\n"
     "  --np N, -np N   number of ranks (default: SLURM_NTASKS, else the devices in CUDA_VISIBLE_DEVICES, else 1)\n"
     "  --mpirun PATH   the mpirun to use (default: mpirun from PATH)\n"
-    "  -x VAR          pass the environment variable VAR to every rank (repeatable; PATH, LD_LIBRARY_PATH,\n"
-    "                  OMP_NUM_THREADS and NCCL_* are always passed)\n"
+    "  -x VAR[=VALUE]  pass the environment variable VAR (or set it to VALUE) on every rank (repeatable;\n"
+    "                  PATH, LD_LIBRARY_PATH, OMP_NUM_THREADS and NCCL_* are always passed)\n"
     "  --dry-run       print the mpirun command and exit\n"
     "  -h, --help      print this help\n"
     "A PROGRAM named without a folder that sits next to ddprun (ddptrain) is started from there.\n";
@@ -121,7 +122,8 @@ int main(int argc, char** argv) {
     if (entry.rfind("NCCL_", 0) == 0) exported.push_back(entry.substr(0, entry.find('=')));
   }
   for (const std::string& name : exported) {
-    if (std::getenv(name.c_str())) {
+    // -x VAR=value sets the value for the ranks; -x VAR passes this environment's value when there is one.
+    if (name.find('=') != std::string::npos || std::getenv(name.c_str())) {
       command.emplace_back("-x");
       command.push_back(name);
     }

@@ -8,7 +8,8 @@ out=${1:-out/demo}
 scripts/install-deps.sh
 scripts/build.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-rm -rf "$out"
+# Start from scratch: remove only what an earlier demo wrote there.
+rm -f "$out"/checkpoint.pth "$out"/model_*.pth "$out"/metrics.jsonl
 args=(--model mnist_cnn -b 64 --lr 0.05 --train-limit 12000 --test-limit 2000 --output-dir "$out")
 echo "== training 2 epochs on 2 ranks"
 build/bin/ddprun --np 2 -- ddptrain "${args[@]}" --epochs 2

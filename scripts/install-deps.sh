@@ -20,12 +20,9 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
+sudo_cmd=
+[ "$(id -u)" -ne 0 ] && sudo_cmd=sudo
 if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    sudo_cmd=sudo
-  else
-    sudo_cmd=
-  fi
   echo "install-deps: installing ${missing[*]}"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -35,6 +32,6 @@ fi
 alt=libblas.so.3-x86_64-linux-gnu
 openblas=$(update-alternatives --list "$alt" 2>/dev/null | grep -m1 openblas || true)
 if [ -n "$openblas" ] && ! update-alternatives --query "$alt" | grep -q "^Value: $openblas"; then
-  ${sudo_cmd:-} update-alternatives --set "$alt" "$openblas"
+  $sudo_cmd update-alternatives --set "$alt" "$openblas"
 fi
 echo "install-deps: all packages present; libblas.so.3 -> $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3)"

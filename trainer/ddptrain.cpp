@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   try {
     comm = ddprun::comm::make_mpi_communicator();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "ddptrain: error: cannot start MPI: %s; start ddptrain with ddprun or mpirun\n", e.what());
+    std::fprintf(stderr, "ddptrain: error: cannot start MPI: %s; start ddptrain with ddprun or mpirun\n",
+                 ddprun::comm::error_message(e).c_str());
     return 1;
   }
   const int rank = comm->rank();
@@ -57,7 +58,8 @@ int main(int argc, char** argv) {
     return 1;
   } catch (const std::exception& e) {
     // Only this rank failed, in the middle of collectives the others are waiting in: end the whole job.
-    std::fprintf(stderr, "ddptrain: error on rank %d: %s; aborting all ranks\n", rank, e.what());
+    std::fprintf(stderr, "ddptrain: error on rank %d: %s; aborting all ranks\n", rank,
+                 ddprun::comm::error_message(e).c_str());
     std::fflush(stderr);
     comm->abort(1);
   }

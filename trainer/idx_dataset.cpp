@@ -63,6 +63,8 @@ at::Tensor read_idx_file(const std::string& requested, int expected_dims) {
     read_exactly(b, 4, "header");
     shape[d] = big_endian(b);
     count *= shape[d];
+    if (count > (int64_t{1} << 34))
+      throw DataError("'" + path + "' claims more than 16 GiB of data in its header; it is not an MNIST-style file");
   }
   at::Tensor out = at::empty(shape, at::kByte);
   read_exactly(out.data_ptr(), static_cast<size_t>(count), "data");
@@ -78,6 +80,13 @@ ImageDataset load_idx_dataset(const std::string& folder, Split split, int64_t li
     throw DataError("'" + prefix + "-images-idx3-ubyte' has " + std::to_string(data.images.size(0)) +
                     " images but the labels file has " + std::to_string(data.labels.size(0)) + " labels");
   if (data.labels.size(0) == 0) throw DataError("'" + prefix + "-labels-idx1-ubyte' holds no samples");
+  if (data.images.size(1) != 28 || data.images.size(2) != 28)
+    throw DataError("'" + prefix + "-images-idx3-ubyte' holds " + std::to_string(data.images.size(1)) + "x" +
+                    std::to_string(data.images.size(2)) + " images; the models take 28x28 (MNIST, Fashion-MNIST)");
+  const int64_t top_label = data.labels.max().item<int64_t>();
+  if (top_label >= kClasses)
+    throw DataError("'" + prefix + "-labels-idx1-ubyte' has label " + std::to_string(top_label) + "; the models have " +
+                    std::to_string(kClasses) + " classes (0-9)");
   if (limit > 0 && limit < data.size()) {
     data.images = data.images.narrow(0, 0, limit);
     data.labels = data.labels.narrow(0, 0, limit);

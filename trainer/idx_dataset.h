@@ -27,8 +27,12 @@ struct ImageDataset {
 
 enum class Split { Train, Test };
 
+// MNIST and Fashion-MNIST: 28x28 images, labels 0-9.
+inline constexpr int64_t kClasses = 10;
+
 // Loads `<folder>/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`; `limit` > 0 keeps only the first `limit`
-// samples. Throws DataError when files are missing or images and labels disagree.
+// samples. Throws DataError when files are missing, images and labels disagree, images are not 28x28 or a label is
+// not a class 0-9.
 ImageDataset load_idx_dataset(const std::string& folder, Split split, int64_t limit);
 
 // The images at `indices` as a [B, 1, rows, cols] float tensor normalized like pytorch/examples' MNIST

@@ -1,20 +1,31 @@
 // Epoch summaries as text and JSON, the metrics.jsonl file and the live progress line.
 #include "trainer/metrics.h"
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <stdexcept>
 
 namespace ddprun::trainer {
 
+namespace {
+
+// A JSON number, or null for NaN and infinities (a diverged loss), which JSON cannot hold.
+std::string number(double value, const char* format) {
+  if (!std::isfinite(value)) return "null";
+  char text[64];
+  std::snprintf(text, sizeof text, format, value);
+  return text;
+}
+
+}  // namespace
+
 std::string to_json(const EpochMetrics& m) {
-  char line[512];
-  std::snprintf(line, sizeof line,
-                "{\"epoch\": %lld, \"train_loss\": %.6f, \"test_acc1\": %.4f, \"images_per_sec\": %.2f, "
-                "\"lr\": %.10g, \"epoch_seconds\": %.3f, \"world_size\": %d}",
-                static_cast<long long>(m.epoch), m.train_loss, m.test_acc1, m.images_per_sec, m.lr, m.epoch_seconds,
-                m.world_size);
-  return line;
+  return "{\"epoch\": " + std::to_string(m.epoch) + ", \"train_loss\": " + number(m.train_loss, "%.6f") +
+         ", \"test_acc1\": " + number(m.test_acc1, "%.4f") +
+         ", \"images_per_sec\": " + number(m.images_per_sec, "%.2f") + ", \"lr\": " + number(m.lr, "%.10g") +
+         ", \"epoch_seconds\": " + number(m.epoch_seconds, "%.3f") +
+         ", \"world_size\": " + std::to_string(m.world_size) + "}";
 }
 
 std::string to_text(const EpochMetrics& m, int64_t epochs) {

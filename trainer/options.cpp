@@ -18,7 +18,7 @@ const std::vector<std::string>& known_models() {
 
 namespace {
 
-po::options_description describe(TrainOptions& o, double& wd_alias) {
+po::options_description describe(TrainOptions& o) {
   po::options_description desc("ddptrain: the per-rank trainer (start it with ddprun or mpirun, one rank per device)");
   // clang-format off
   desc.add_options()
@@ -32,7 +32,7 @@ po::options_description describe(TrainOptions& o, double& wd_alias) {
     ("lr", po::value(&o.lr)->default_value(o.lr, "0.05"), "initial learning rate")
     ("momentum", po::value(&o.momentum)->default_value(o.momentum, "0.9"), "SGD momentum")
     ("weight-decay", po::value(&o.weight_decay)->default_value(o.weight_decay, "0.0001"), "SGD weight decay")
-    ("wd", po::value(&wd_alias), "the same as --weight-decay")
+    ("wd", po::value<double>(), "the same as --weight-decay")
     ("lr-step-size", po::value(&o.lr_step_size)->default_value(o.lr_step_size),
      "StepLR: multiply the learning rate by --lr-gamma every this many epochs")
     ("lr-gamma", po::value(&o.lr_gamma)->default_value(o.lr_gamma, "0.1"), "StepLR: the factor")
@@ -64,11 +64,12 @@ void require(bool ok, const char* flag, T value, const char* rule) {
 ParseResult parse_options(int argc, const char* const argv[]) {
   ParseResult result;
   TrainOptions& o = result.options;
-  double wd_alias = -1;
-  po::options_description desc = describe(o, wd_alias);
-  po::variables_map vm;
+  po::options_description desc = describe(o);
+  po::variables_map vm, command_line, config;  // all values; and each source alone, to resolve --wd
   try {
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+    const auto parsed = po::command_line_parser(argc, argv).options(desc).run();
+    po::store(parsed, command_line);
+    po::store(parsed, vm);
     if (vm.count("help")) {
       std::ostringstream text;
       text << desc;
@@ -80,16 +81,26 @@ ParseResult parse_options(int argc, const char* const argv[]) {
       const std::string path = vm["config"].as<std::string>();
       std::ifstream file(path);
       if (!file) throw UsageError("--config '" + path + "' cannot be opened; check the path");
-      po::store(po::parse_config_file(file, desc), vm);
+      const auto from_file = po::parse_config_file(file, desc);
+      po::store(from_file, config);
+      po::store(from_file, vm);
     }
     po::notify(vm);
   } catch (const po::error& e) {
     throw UsageError(std::string(e.what()) + "; run ddptrain --help for the flags");
   }
-  if (vm.count("wd")) {
-    if (!vm["weight-decay"].defaulted() && wd_alias != o.weight_decay)
+  // --wd is --weight-decay's other name: the command line wins over the config file, whichever name each uses.
+  auto given = [](const po::variables_map& source, const char* name) {
+    return source.count(name) && !source[name].defaulted();
+  };
+  for (const po::variables_map* source : {&command_line, &config}) {
+    const bool short_name = given(*source, "wd"), long_name = given(*source, "weight-decay");
+    if (short_name && long_name && (*source)["wd"].as<double>() != (*source)["weight-decay"].as<double>())
       throw UsageError("--wd and --weight-decay are the same flag and were given different values");
-    o.weight_decay = wd_alias;
+    if (short_name || long_name) {
+      o.weight_decay = (*source)[short_name ? "wd" : "weight-decay"].as<double>();
+      break;
+    }
   }
 
   const auto& models = known_models();

@@ -7,6 +7,7 @@
 #include "comm/agreement.h"
 #include "trainer/blas_info.h"
 #include "trainer/distributed_sampler.h"
+#include "trainer/gradient_sync.h"
 #include "trainer/idx_dataset.h"
 #include "trainer/metrics.h"
 #include "trainer/models.h"
@@ -16,24 +17,21 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/arange.h>
-#include <ATen/ops/cat.h>
 #include <ATen/ops/nll_loss.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/cuda.h>
 #include <torch/utils.h>
 
-#include <fcntl.h>
 #include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <sstream>
 
 namespace ddprun::trainer {
 namespace {
@@ -52,17 +50,48 @@ bool progress_wanted() {
   return !launched && isatty(STDOUT_FILENO);
 }
 
-int cores_available() {
+// Intra-op threads for one of `local_ranks` ranks on this node: the cores this rank may run on when the launcher
+// bound it to a subset, else the node's cores shared evenly.
+int default_thread_count(int local_ranks) {
+  const int online = static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
   cpu_set_t set;
   CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
-  return static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  const int allowed = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : online;
+  if (allowed < online) return std::max(1, allowed);
+  return std::max(1, online / local_ranks);
 }
 
+// cuda:<local rank> when LibTorch sees GPUs, else the CPU. A rank whose local rank has no GPU of its own is an
+// error, not a silent CPU rank in a GPU job.
 c10::Device pick_device(int local_rank) {
-  if (torch::cuda::is_available() && local_rank < static_cast<int>(torch::cuda::device_count()))
-    return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
-  return c10::Device(c10::kCPU);
+  if (!torch::cuda::is_available()) return c10::Device(c10::kCPU);
+  const int gpus = static_cast<int>(torch::cuda::device_count());
+  if (local_rank >= gpus)
+    throw std::runtime_error("local rank " + std::to_string(local_rank) + " has no GPU of its own (" +
+                             std::to_string(gpus) + " visible on this node); start at most one rank per GPU");
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+}
+
+// What must be the same on every rank for the collectives to line up, one "name value" per line.
+std::string run_fingerprint(const TrainOptions& o, int64_t train_size, int64_t test_size) {
+  std::ostringstream out;
+  out.precision(17);
+  out << "model " << o.model << "\nepochs " << o.epochs << "\nbatch-size " << o.batch_size << "\nlr " << o.lr
+      << "\nmomentum " << o.momentum << "\nweight-decay " << o.weight_decay << "\nlr-step-size " << o.lr_step_size
+      << "\nlr-gamma " << o.lr_gamma << "\nseed " << o.seed << "\nstart-epoch " << o.start_epoch << "\nresume "
+      << o.resume << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
+  return out.str();
+}
+
+// The first line where two fingerprints differ, as "name: A vs B".
+std::string first_difference(const std::string& ours, const std::string& theirs) {
+  std::istringstream a(ours), b(theirs);
+  for (std::string la, lb; std::getline(a, la) && std::getline(b, lb);) {
+    if (la == lb) continue;
+    const size_t cut = la.rfind(' ');
+    return la.substr(0, cut) + " is " + la.substr(cut + 1) + " here but " + lb.substr(lb.rfind(' ') + 1) + " on rank 0";
+  }
+  return "the runs differ";
 }
 
 Value args_dict(const TrainOptions& o) {
@@ -84,57 +113,10 @@ Value args_dict(const TrainOptions& o) {
                       {"threads", o.threads}});
 }
 
-// Averages every parameter's gradient over all ranks in one all-reduce of a flat buffer (the simple, correct
-// version; trainer's bucketed engine overlaps this with backward). A parameter without a gradient counts as zero.
-void average_gradients(const std::vector<at::Tensor>& params, comm::Communicator& comm) {
-  std::vector<at::Tensor> flat_grads;
-  flat_grads.reserve(params.size());
-  for (const at::Tensor& p : params)
-    flat_grads.push_back(p.grad().defined() ? p.grad().reshape(-1) : at::zeros({p.numel()}, p.options()));
-  at::Tensor flat = at::cat(flat_grads);
-  comm.allreduce(flat, comm::ReduceOp::Average);
-  int64_t offset = 0;
-  for (const at::Tensor& p : params) {
-    at::Tensor slice = flat.narrow(0, offset, p.numel()).view_as(p);
-    if (p.grad().defined()) {
-      p.mutable_grad().copy_(slice);
-    } else {
-      p.mutable_grad() = slice.clone();
-    }
-    offset += p.numel();
-  }
-}
-
-// Makes `alias` name the same file as `target` (a hard link swapped in by rename, so readers of `alias` see the old
-// or the new file, never a partial one); falls back to writing `object` again where hard links are unsupported.
-void publish_alias(const std::string& target, const std::string& alias, const Value& object) {
-  const std::string temporary = alias + ".link." + std::to_string(getpid());
-  ::unlink(temporary.c_str());
-  if (::link(target.c_str(), temporary.c_str()) == 0) {
-    if (::rename(temporary.c_str(), alias.c_str()) != 0) {
-      const int err = errno;
-      ::unlink(temporary.c_str());
-      throw std::runtime_error("cannot rename '" + temporary + "' to '" + alias + "': " + std::strerror(err));
-    }
-    const std::string folder = std::filesystem::path(alias).parent_path().string();
-    const int fd = ::open(folder.empty() ? "." : folder.c_str(), O_RDONLY | O_DIRECTORY);
-    if (fd >= 0) {
-      ::fsync(fd);
-      ::close(fd);
-    }
-    return;
-  }
-  checkpoint::save(object, alias);
-}
-
 class Run {
  public:
   Run(const TrainOptions& options, comm::Communicator& comm, std::string host_memory)
-      : o_(options),
-        comm_(comm),
-        rank0_(comm.rank() == 0),
-        device_(pick_device(comm.local_rank())),
-        host_memory_(std::move(host_memory)) {}
+      : o_(options), comm_(comm), rank0_(comm.rank() == 0), host_memory_(std::move(host_memory)) {}
 
   void execute() {
     set_up();
@@ -163,7 +145,8 @@ class Run {
 
  private:
   void set_up() {
-    const int threads = o_.threads > 0 ? o_.threads : std::max(1, cores_available() / comm_.local_size());
+    comm::run_on_all_ranks(comm_, [&] { device_ = pick_device(comm_.local_rank()); });
+    const int threads = o_.threads > 0 ? o_.threads : default_thread_count(comm_.local_size());
     at::set_num_threads(threads);
     if (rank0_) {
       const BlasInfo blas = detect_blas();
@@ -195,6 +178,16 @@ class Run {
       }
     });
 
+    // Different flags, config files or data on different nodes would make the ranks' collectives disagree.
+    const std::string fingerprint = run_fingerprint(o_, train_data_.size(), test_data_.size());
+    const std::vector<std::string> fingerprints = comm_.allgather_bytes(fingerprint);
+    comm::run_on_all_ranks(comm_, [&] {
+      if (fingerprint != fingerprints[0])
+        throw std::runtime_error(
+            "this rank's run differs from rank 0's: " + first_difference(fingerprint, fingerprints[0]) +
+            "; give every rank the same flags, config file and data");
+    });
+
     torch::manual_seed(static_cast<uint64_t>(o_.seed));
     model_ = make_model(o_.model);
     model_->to(device_);
@@ -209,10 +202,9 @@ class Run {
     if (!o_.resume.empty()) resume();
 
     // Every rank starts from rank 0's weights (they differ only if a rank was seeded or resumed differently).
-    std::vector<at::Tensor> state;
-    for (const auto& p : model_->parameters()) state.push_back(p.detach());
-    for (const auto& b : model_->buffers()) state.push_back(b.detach());
-    comm_.broadcast(state, 0);
+    std::vector<at::Tensor> state = model_->parameters();
+    for (const auto& b : model_->buffers()) state.push_back(b);
+    broadcast_from_rank0(state, comm_);
 
     sampler_ = std::make_unique<DistributedSampler>(train_data_.size(), comm_.rank(), comm_.size(), true, o_.seed);
   }
@@ -324,7 +316,9 @@ class Run {
                                         {"args", args_dict(o_)}});
       const std::string path = o_.output_dir + "/model_" + std::to_string(epoch) + ".pth";
       checkpoint::save(object, path);
-      publish_alias(path, o_.output_dir + "/checkpoint.pth", object);
+      // Its own file, not a link to model_<epoch>.pth: a later torch.save over checkpoint.pth (as torchvision's
+      // train.py does in the same folder) must not rewrite the per-epoch file.
+      checkpoint::save(object, o_.output_dir + "/checkpoint.pth");
       append_line(o_.output_dir + "/metrics.jsonl", to_json(m));
     });
   }
@@ -332,8 +326,8 @@ class Run {
   const TrainOptions& o_;
   comm::Communicator& comm_;
   const bool rank0_;
-  const c10::Device device_;
   const std::string host_memory_;
+  c10::Device device_{c10::kCPU};
   ImageDataset train_data_, test_data_;
   std::shared_ptr<Model> model_;
   std::vector<at::Tensor> params_;

@@ -1,4 +1,5 @@
 // Multi-rank tests of the MPI communicator: what every rank sees after each collective.
+#include "comm/agreement.h"
 #include "comm/communicator.h"
 
 #include <ATen/ops/arange.h>
@@ -79,8 +80,29 @@ TEST(Communicator, AllgatherBytesOfDifferentLengths) {
   for (int r = 0; r < comm().size(); ++r) EXPECT_EQ(all[r], std::string(r + 1, static_cast<char>('a' + r)));
 }
 
-TEST(Communicator, AllTrueIsFalseWhenAnyRankSaysFalse) {
-  EXPECT_TRUE(comm().all_true(true));
-  EXPECT_FALSE(comm().all_true(comm().rank() != comm().size() - 1));
+TEST(Agreement, EveryRankLearnsTheLowestFailingRankAndItsMessage) {
+  const int last = comm().size() - 1;
+  EXPECT_NO_THROW(ddprun::comm::run_on_all_ranks(comm(), [] {}));
+  try {
+    ddprun::comm::run_on_all_ranks(comm(), [&] {
+      if (comm().rank() == last) throw std::runtime_error("disk full on the last rank");
+      if (comm().rank() == last + 1) throw std::runtime_error("never");
+    });
+    FAIL() << "no rank threw";
+  } catch (const ddprun::comm::CollectiveFailure& failure) {
+    EXPECT_EQ(failure.failed_rank(), last);
+    EXPECT_STREQ(failure.what(), "disk full on the last rank");
+  }
   comm().barrier();
+}
+
+TEST(Agreement, LibTorchErrorsLoseTheirBacktrace) {
+  try {
+    at::zeros({2}).view({3});
+    FAIL() << "no error";
+  } catch (const std::exception& e) {
+    const std::string message = ddprun::comm::error_message(e);
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    EXPECT_NE(message.find("shape '[3]' is invalid"), std::string::npos) << message;
+  }
 }

@@ -98,11 +98,15 @@ TEST(Options, HelpListsEveryFlagWithDefaults) {
 
 TEST(Options, ConfigFileFillsInAndFlagsWin) {
   fs::path dir = temp_folder("config");
-  std::ofstream(dir / "run.ini") << "lr = 0.2\nepochs = 7\nbatch-size = 16\n";
+  std::ofstream(dir / "run.ini") << "lr = 0.2\nepochs = 7\nbatch-size = 16\nwd = 0.3\n";
   ParseResult r = parse({"--config", (dir / "run.ini").string(), "--epochs", "2"});
   EXPECT_DOUBLE_EQ(r.options.lr, 0.2);
   EXPECT_EQ(r.options.batch_size, 16);
   EXPECT_EQ(r.options.epochs, 2);
+  EXPECT_DOUBLE_EQ(r.options.weight_decay, 0.3);
+  // The flag wins over the file even under the alias's other name.
+  EXPECT_DOUBLE_EQ(parse({"--config", (dir / "run.ini").string(), "--weight-decay", "0.01"}).options.weight_decay,
+                   0.01);
   fs::remove_all(dir);
 }
 
@@ -168,8 +172,8 @@ TEST(IdxDataset, LoadsFashionMnistWithALimit) {
 }
 
 TEST(DistributedSampler, MatchesPyTorchIndexForIndex) {
-  for (auto [n, world, seed, epoch] :
-       std::vector<std::tuple<int, int, int, int>>{{10, 3, 0, 0}, {101, 2, 1, 4}, {5, 4, 42, 1}, {2, 3, 7, 9}}) {
+  for (auto [n, world, seed, epoch] : std::vector<std::tuple<int, int, int, int>>{
+           {10, 3, 0, 0}, {101, 2, 1, 4}, {5, 4, 42, 1}, {2, 3, 7, 9}, {2, 5, 3, 0}}) {
     auto expected = python_reference("sampler " + std::to_string(n) + " " + std::to_string(world) + " " +
                                      std::to_string(seed) + " " + std::to_string(epoch));
     ASSERT_EQ(static_cast<int>(expected.size()), world) << "python reference failed";
@@ -235,10 +239,19 @@ TEST(Sgd, StateDictHasPythonsLayoutAndRestores) {
   EXPECT_TRUE(state.at("state").at(int64_t{0}).at("momentum_buffer").to_tensor().equal(torch::ones({2, 2})));
   EXPECT_EQ(state.at("state").find(int64_t{1}), nullptr);  // no gradient yet, so no state, as in Python
 
-  Sgd restored({w.detach().clone().requires_grad_(true), unused}, SgdOptions{});
+  at::Tensor w2 = w.detach().clone().requires_grad_(true);
+  Sgd restored({w2, unused}, SgdOptions{});
   restored.load_state_dict(state);
   EXPECT_DOUBLE_EQ(restored.lr(), 0.5);
   EXPECT_DOUBLE_EQ(restored.options().momentum, 0.9);
+  // The next step uses the restored momentum: both optimizers move their weights identically.
+  for (auto* pair : {&sgd, &restored}) pair->zero_grad();
+  (w * 3).sum().backward();
+  (w2 * 3).sum().backward();
+  sgd.step();
+  restored.step();
+  EXPECT_TRUE(w.equal(w2));
+  EXPECT_FALSE(w.equal(torch::ones({2, 2}) - 0.5 - 0.5 * 3));  // not a first step: momentum was used
   Sgd wrong({w}, SgdOptions{});
   EXPECT_THROW(wrong.load_state_dict(state), std::runtime_error);
 }
