@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -74,12 +75,16 @@ c10::Device pick_device(int local_rank) {
 
 // What must be the same on every rank for the collectives to line up, one "name value" per line.
 std::string run_fingerprint(const TrainOptions& o, int64_t train_size, int64_t test_size) {
+  auto exact = [](double value) {  // the shortest text that reads back as the same double
+    char text[32];
+    return std::string(text, std::to_chars(text, text + sizeof text, value).ptr);
+  };
   std::ostringstream out;
-  out.precision(17);
-  out << "model " << o.model << "\nepochs " << o.epochs << "\nbatch-size " << o.batch_size << "\nlr " << o.lr
-      << "\nmomentum " << o.momentum << "\nweight-decay " << o.weight_decay << "\nlr-step-size " << o.lr_step_size
-      << "\nlr-gamma " << o.lr_gamma << "\nseed " << o.seed << "\nstart-epoch " << o.start_epoch << "\nresume "
-      << o.resume << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
+  out << "model " << o.model << "\nepochs " << o.epochs << "\nbatch-size " << o.batch_size << "\nlr " << exact(o.lr)
+      << "\nmomentum " << exact(o.momentum) << "\nweight-decay " << exact(o.weight_decay) << "\nlr-step-size "
+      << o.lr_step_size << "\nlr-gamma " << exact(o.lr_gamma) << "\nseed " << o.seed << "\nstart-epoch "
+      << o.start_epoch << "\nresume " << o.resume << "\ntraining samples " << train_size << "\ntest samples "
+      << test_size << "\n";
   return out.str();
 }
 

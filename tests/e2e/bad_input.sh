@@ -12,25 +12,27 @@ small=(--train-limit 64 --test-limit 64 --epochs 1 --threads 1 --output-dir "$wo
 py=/usr/bin/python3
 
 case "$case_name" in
-  missing_data)   args=(--data-path "$work/nowhere"); expect="--data-path" ;;
+  missing_data)   args=(--data-path "$work/nowhere"); code=1
+                  expect="cannot load the data set: '$work/nowhere/train-images-idx3-ubyte[.gz]' not found; check --data-path" ;;
   corrupt_data)
     mkdir "$work/data"
     for f in /usr/share/datasets/fashion-mnist/*; do ln -s "$f" "$work/data/"; done
     rm "$work/data/train-images-idx3-ubyte.gz"
     head -c 5000 /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz > "$work/data/train-images-idx3-ubyte.gz"
-    args=(--data-path "$work/data"); expect="train-images-idx3-ubyte.gz' is truncated or corrupt" ;;
-  unknown_model)  args=(--model resnet9000); expect="--model 'resnet9000' is not a known model" ;;
-  bad_value)      args=(--lr fast); expect="--lr" ;;
-  unknown_flag)   args=(--learning-rate 0.1); expect="learning-rate" ;;
-  out_of_range)   args=(-b 0); expect="--batch-size 0 is out of range" ;;
-  bad_config)     args=(--config "$work/none.ini"); expect="--config '$work/none.ini' cannot be opened" ;;
-  resume_missing) args=(--resume "$work/none.pth"); expect="$work/none.pth" ;;
+    args=(--data-path "$work/data"); code=1; expect="train-images-idx3-ubyte.gz' is truncated or corrupt" ;;
+  unknown_model)  args=(--model resnet9000); code=2; expect="--model 'resnet9000' is not a known model; choose one of: mnist_cnn" ;;
+  bad_value)      args=(--lr fast); code=2; expect="the argument ('fast') for option '--lr' is invalid; run ddptrain --help" ;;
+  unknown_flag)   args=(--learning-rate 0.1); code=2; expect="unrecognised option '--learning-rate'; run ddptrain --help" ;;
+  out_of_range)   args=(-b 0); code=2; expect="--batch-size 0 is out of range: must be at least 1" ;;
+  bad_config)     args=(--config "$work/none.ini"); code=2; expect="--config '$work/none.ini' cannot be opened" ;;
+  resume_missing) args=(--resume "$work/none.pth"); code=1; expect="cannot read checkpoint '$work/none.pth': No such file or directory" ;;
   resume_not_zip)
     echo "not a checkpoint" > "$work/notes.pth"
-    args=(--resume "$work/notes.pth"); expect="$work/notes.pth" ;;
+    args=(--resume "$work/notes.pth"); code=1
+    expect="'$work/notes.pth' is not a PyTorch checkpoint (not a zip file written by torch.save)" ;;
   resume_unrelated)
     $py -c "import torch; torch.save({'weights': torch.zeros(3)}, '$work/other.pth')"
-    args=(--resume "$work/other.pth"); expect="--resume '$work/other.pth': is not a training checkpoint: it has no 'model' entry" ;;
+    args=(--resume "$work/other.pth"); code=1; expect="--resume '$work/other.pth': is not a training checkpoint: it has no 'model' entry" ;;
   resume_other_model)
     $py -c "
 import torch
@@ -39,19 +41,27 @@ o = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
 s = torch.optim.lr_scheduler.StepLR(o, 3)
 torch.save({'model': m.state_dict(), 'optimizer': o.state_dict(), 'lr_scheduler': s.state_dict(), 'epoch': 4},
            '$work/linear.pth')"
-    args=(--resume "$work/linear.pth"); expect="model state does not match the model: missing conv1.weight" ;;
+    args=(--resume "$work/linear.pth"); code=1; expect="model state does not match the model: missing conv1.weight" ;;
   output_unwritable)
     touch "$work/file"
     small=(--train-limit 64 --test-limit 64 --epochs 1 --threads 1 --output-dir "$work/file/out")
-    args=(); expect="cannot create --output-dir '$work/file/out'" ;;
+    args=(); code=1; expect="cannot create --output-dir '$work/file/out'" ;;
+  ranks_disagree)
+    # Two ranks started with different flags (an MPMD launch stands in for nodes with different config files).
+    args=(); code=1; expect="error on rank 1: this rank's run differs from rank 0's: lr is 0.2 here but 0.1 on rank 0; give every rank the same flags, config file and data"
+    mpmd=(-np 1 "$bin/ddptrain" "${small[@]}" --lr 0.1 : -np 1 "$bin/ddptrain" "${small[@]}" --lr 0.2) ;;
   *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac
 
 # --quiet keeps mpirun's own "a process returned a non-zero exit code" notice out of the stderr we judge.
-mpirun --quiet --oversubscribe -np 2 "$bin/ddptrain" "${small[@]}" ${args[@]+"${args[@]}"} > "$work/stdout" 2> "$work/stderr"
+if [ -n "${mpmd+set}" ]; then
+  mpirun --quiet --oversubscribe "${mpmd[@]}" > "$work/stdout" 2> "$work/stderr"
+else
+  mpirun --quiet --oversubscribe -np 2 "$bin/ddptrain" "${small[@]}" ${args[@]+"${args[@]}"} > "$work/stdout" 2> "$work/stderr"
+fi
 rc=$?
 echo "exit code $rc; stderr:"; cat "$work/stderr"
-[ "$rc" -ne 0 ] || { echo "FAILED: exit code 0 for a bad input"; exit 1; }
+[ "$rc" -eq "$code" ] || { echo "FAILED: exit code $rc, expected $code (1 run-time failure, 2 bad flags)"; exit 1; }
 [ "$(wc -l < "$work/stderr")" -eq 1 ] || { echo "FAILED: stderr should be exactly one line"; exit 1; }
 grep -q '^ddptrain: error' "$work/stderr" || { echo "FAILED: the line should start with 'ddptrain: error'"; exit 1; }
 grep -qF -- "$expect" "$work/stderr" || { echo "FAILED: the line should mention: $expect"; exit 1; }

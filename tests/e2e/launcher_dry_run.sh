@@ -7,6 +7,11 @@ line=$(env -u SLURM_NTASKS -u CUDA_VISIBLE_DEVICES "$bin/ddprun" --np 3 --dry-ru
 echo "$line"
 [[ "$line" == "mpirun -np 3 --bind-to none --map-by slot "* ]] || fail "unexpected start: $line"
 [[ "$line" == *" $bin/ddptrain --lr 0.1 --output-dir 'a b'" ]] || fail "program or arguments changed: $line"
+[[ "$line" != *--oversubscribe* ]] || [ "$(nproc)" -lt 3 ] || fail "--oversubscribe with enough cores: $line"
+cores=$(nproc)
+line=$("$bin/ddprun" --np $((cores + 1)) --dry-run -x FOO=bar -x HOME -- /bin/true)
+[[ "$line" == *" --oversubscribe "* ]] || fail "more ranks than cores need --oversubscribe: $line"
+[[ "$line" == *" -x FOO=bar "* && "$line" == *" -x HOME "* ]] || fail "-x not passed on: $line"
 line=$(env -u CUDA_VISIBLE_DEVICES SLURM_NTASKS=4 "$bin/ddprun" --dry-run -- /bin/true)
 [[ "$line" == "mpirun -np 4 "* ]] || fail "SLURM_NTASKS not used: $line"
 line=$(env -u SLURM_NTASKS CUDA_VISIBLE_DEVICES=0,1 "$bin/ddprun" --dry-run -- /bin/true)
@@ -15,5 +20,6 @@ err=$(mktemp)
 if "$bin/ddprun" --np two -- /bin/true 2> "$err"; then fail "accepted --np two"; fi
 grep -q "^ddprun: error: --np 'two' is not a positive whole number" "$err" || fail "bad --np message: $(cat "$err")"
 rm -f "$err"
-"$bin/ddprun" --np 2 -- /bin/sh -c 'test "$OMPI_COMM_WORLD_SIZE" = 2' || fail "mpirun did not start 2 ranks"
+"$bin/ddprun" --np 2 -x FOO=bar -- /bin/sh -c 'test "$OMPI_COMM_WORLD_SIZE" = 2 && test "$FOO" = bar' ||
+  fail "mpirun did not start 2 ranks with FOO=bar"
 echo "PASSED"
