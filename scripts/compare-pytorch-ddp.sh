@@ -24,7 +24,8 @@ for seed in $seeds; do
     --output-dir "$out" > /dev/null
   last=$(tail -n 1 "$out/metrics.jsonl")
   acc=$(sed 's/.*"test_acc1": \([0-9.]*\).*/\1/' <<< "$last")
-  ips=$(awk -F'"images_per_sec": ' '{split($2, a, ","); print a[1]}' "$out/metrics.jsonl" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')
+  ips=$(awk -F'"images_per_sec": ' '{ split($2, a, ","); print "epoch", a[1] }' "$out/metrics.jsonl" |
+    awk -f scripts/bench/summarize.awk | cut -d' ' -f2)  # median over the epochs, as the Python reference reports
   echo "ddptrain     seed $seed: test_acc1 $acc%  images/s $ips"
   echo "ddprun $seed $acc $ips" >> "$results"
   rm -rf "$out"
@@ -35,19 +36,19 @@ for seed in $seeds; do
   echo "pytorch_ddp $seed $acc $ips" >> "$results"
 done
 echo
-# One summary row per implementation (median and range over the seeds), then the same as JSON lines.
-summary() {
-  awk -v impl="$1" -v json="$2" -v epochs="$epochs" '
-    function sort(x, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (x[j] < x[i]) { t = x[i]; x[i] = x[j]; x[j] = t } }
-    function median(x, n) { return n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2 }
-    $1 == impl { n++; a[n] = $3; s[n] = $4 }
-    END {
-      sort(a, n); sort(s, n)
-      if (json) printf "{\"impl\": \"%s\", \"ranks\": 2, \"epochs\": %d, \"runs\": %d, \"test_acc1_median\": %.2f, \"images_per_sec_median\": %.1f}\n", impl, epochs, n, median(a, n), median(s, n)
-      else printf "%-12s test_acc1 median %.2f%% (range %.2f-%.2f)  images/s median %.1f (range %.1f-%.1f)  runs %d\n", impl, median(a, n), a[1], a[n], median(s, n), s[1], s[n], n
-    }' "$results"
-}
-for json in 0 1; do summary ddprun $json; summary pytorch_ddp $json; done
-ips_ratio=$(awk '$1 == "ddprun" { d[++n] = $4 } $1 == "pytorch_ddp" { p[++m] = $4 } END { for (i = 1; i <= n; i++) r[i] = d[i] / p[i]; for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }; printf "%.2f", n % 2 ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2 }' "$results")
-echo "images/s ddprun / pytorch_ddp, median of per-seed ratios: $ips_ratio"
+# Medians and ranges over the seeds (scripts/bench/summarize.awk), then the same as JSON lines.
+stats=$(awk '{ print $1 "_acc", $3; print $1 "_ips", $4 }' "$results" | awk -f scripts/bench/summarize.awk)
+ratios=$(awk '$1 == "ddprun" { d[$2] = $4 } $1 == "pytorch_ddp" { print "ratio", d[$2] / $4 }' "$results" |
+  awk -f scripts/bench/summarize.awk)
+for impl in ddprun pytorch_ddp; do
+  read -r _ acc acc_lo acc_hi runs <<< "$(grep "^${impl}_acc " <<< "$stats")"
+  read -r _ ips ips_lo ips_hi _ <<< "$(grep "^${impl}_ips " <<< "$stats")"
+  printf '%-12s test_acc1 median %.2f%% (range %.2f-%.2f)  images/s median %.1f (range %.1f-%.1f)  runs %d\n' \
+    "$impl" "$acc" "$acc_lo" "$acc_hi" "$ips" "$ips_lo" "$ips_hi" "$runs"
+  json+=$(printf '{"impl": "%s", "ranks": 2, "epochs": %d, "runs": %d, "test_acc1_median": %.2f, "images_per_sec_median": %.1f}\\n' \
+    "$impl" "$epochs" "$runs" "$acc" "$ips")
+done
+read -r _ ratio ratio_lo ratio_hi _ <<< "$ratios"
+printf 'images/s ddprun / pytorch_ddp, per seed: median %.2f (range %.2f-%.2f)\n' "$ratio" "$ratio_lo" "$ratio_hi"
+printf '%b' "$json"
 rm -f "$results"

@@ -19,13 +19,12 @@ for rep in $(seq "$repeats"); do
     echo "$mode $ips" >> "$results"
   done
 done
-awk '{ v[$1, ++n[$1]] = $2 }
-  function med(m,   i, j, t, x, k) { k = n[m]; for (i = 1; i <= k; i++) x[i] = v[m, i]
-    for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (x[j] < x[i]) { t = x[i]; x[i] = x[j]; x[j] = t }
-    lo[m] = x[1]; hi[m] = x[k]; return k % 2 ? x[(k + 1) / 2] : (x[k / 2] + x[k / 2 + 1]) / 2 }
-  END { d = med("default"); k = med("keep")
-    printf "glibc defaults      images/s median %.1f (range %.1f-%.1f)\n", d, lo["default"], hi["default"]
-    printf "freed memory kept   images/s median %.1f (range %.1f-%.1f)\n", k, lo["keep"], hi["keep"]
-    printf "ratio kept/default: %.2f\n", k / d
-    printf "{\"bench\": \"host_memory\", \"model\": \"mnist_cnn\", \"ranks\": 1, \"threads\": 1, \"default_images_per_sec\": %.1f, \"kept_images_per_sec\": %.1f, \"ratio\": %.2f}\n", d, k, k / d }' "$results"
+read -r _ d d_lo d_hi _ <<< "$(grep '^default ' "$results" | awk -f scripts/bench/summarize.awk)"
+read -r _ k k_lo k_hi _ <<< "$(grep '^keep ' "$results" | awk -f scripts/bench/summarize.awk)"
+ratio=$(awk -v k="$k" -v d="$d" 'BEGIN { printf "%.2f", k / d }')
+printf 'glibc defaults      images/s median %.1f (range %.1f-%.1f)\n' "$d" "$d_lo" "$d_hi"
+printf 'freed memory kept   images/s median %.1f (range %.1f-%.1f)\n' "$k" "$k_lo" "$k_hi"
+echo "ratio kept/default: $ratio"
+printf '{"bench": "host_memory", "model": "mnist_cnn", "ranks": 1, "threads": 1, "default_images_per_sec": %.1f, "kept_images_per_sec": %.1f, "ratio": %s}\n' \
+  "$d" "$k" "$ratio"
 rm -f "$results"
