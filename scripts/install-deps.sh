@@ -11,7 +11,7 @@ packages=(
   libgtest-dev googletest         # unit and multi-rank tests
   zlib1g-dev                      # gzipped IDX files
   dataset-fashion-mnist           # the real data set, IDX format
-  libopenblas0-openmp             # an optimized BLAS behind libblas.so.3 (the reference one is 10-17x slower)
+  libopenblas0-openmp             # an optimized BLAS behind libblas.so.3 (the reference one is many times slower)
   python3-torch python3-torchvision  # tests that read our checkpoints with Python's torch.load
 )
 

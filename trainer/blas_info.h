@@ -9,7 +9,7 @@ struct BlasInfo {
   std::string name;           // "OpenBLAS", "reference BLAS", "BLIS", "MKL", ...
   std::string library_path;   // the resolved file that provides sgemm_, or empty when linked into LibTorch
   std::string detail;         // e.g. OpenBLAS's build configuration
-  bool is_reference = false;  // Netlib's reference BLAS: correct but 10-17x slower
+  bool is_reference = false;  // Netlib's reference BLAS: correct but many times slower
 };
 
 BlasInfo detect_blas();

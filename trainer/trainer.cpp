@@ -163,7 +163,7 @@ class Run {
           blas.detail.empty() ? "" : (" [" + blas.detail + "]").c_str());
       if (blas.is_reference)
         std::fprintf(stderr,
-                     "ddptrain: warning: LibTorch is using the reference BLAS, which is 10-17x slower; install an "
+                     "ddptrain: warning: LibTorch is using the reference BLAS, which is many times slower; install an "
                      "optimized one (apt-get install libopenblas0-openmp)\n");
       std::fflush(stdout);
     }
