@@ -22,8 +22,14 @@ BlasInfo detect_blas() {
     info.library_path = realpath(where.dli_fname, resolved) ? resolved : where.dli_fname;
   }
   const std::string& path = info.library_path;
+  // Ask the library that provides sgemm_ itself: another BLAS (OpenBLAS pulled in by LAPACK, say) may be loaded too.
   using ConfigFn = char* (*)();
-  if (auto config = reinterpret_cast<ConfigFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"))) {
+  ConfigFn config = nullptr;
+  if (void* handle = where.dli_fname ? dlopen(where.dli_fname, RTLD_LAZY | RTLD_NOLOAD) : nullptr) {
+    config = reinterpret_cast<ConfigFn>(dlsym(handle, "openblas_get_config"));
+    dlclose(handle);
+  }
+  if (config != nullptr) {
     info.name = "OpenBLAS";
     info.detail = config();
   } else if (path.find("blis") != std::string::npos) {
