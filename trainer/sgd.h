@@ -28,8 +28,6 @@ class Sgd {
 
   double lr() const { return options_.lr; }
   void set_lr(double lr) { options_.lr = lr; }
-  // The learning rate the schedule started from (param_groups[0]["initial_lr"] in Python).
-  double initial_lr() const { return initial_lr_; }
   const SgdOptions& options() const { return options_; }
 
   // {"state": {index: {"momentum_buffer": tensor|None}}, "param_groups": [{"lr", "momentum", ..., "params"}]}
@@ -43,7 +41,7 @@ class Sgd {
   std::vector<at::Tensor> momentum_buffers_;  // undefined until the first step that has a gradient
   std::vector<bool> stepped_;                 // whether Python would hold a state entry for the parameter
   SgdOptions options_;
-  double initial_lr_;
+  double initial_lr_;  // the rate the schedule started from (param_groups[0]["initial_lr"] in Python)
 };
 
 }  // namespace ddprun::trainer

@@ -15,7 +15,6 @@ class StepLr {
   // Ends an epoch: advances last_epoch and returns the learning rate for the next one.
   double step();
   double lr() const { return last_lr_; }
-  int64_t last_epoch() const { return last_epoch_; }
 
   checkpoint::Value state_dict() const;
   void load_state_dict(const checkpoint::Value& state);

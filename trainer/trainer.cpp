@@ -23,7 +23,6 @@
 #include <torch/utils.h>
 
 #include <sched.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <charconv>

@@ -5,9 +5,7 @@
 set -uo pipefail
 bin=$1
 case_name=$2
-work=$(mktemp -d /tmp/ddprun_bad.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+. "$(dirname "$0")/common.sh"
 small=(--train-limit 64 --test-limit 64 --epochs 1 --threads 1 --output-dir "$work/out")
 py=/usr/bin/python3
 

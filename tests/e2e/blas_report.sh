@@ -3,11 +3,8 @@
 # LD_LIBRARY_PATH, which wins over the libblas.so.3 alternative that install-deps.sh points at OpenBLAS).
 set -euo pipefail
 bin=$1
-out=$(mktemp -d /tmp/ddprun_blas.XXXXXX)
-trap 'rm -rf "$out"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fail() { echo "FAILED: $*" >&2; exit 1; }
-run() { mpirun -np 1 "$@" "$bin/ddptrain" --epochs 1 --train-limit 64 --test-limit 64 --output-dir "$out" 2>&1; }
+. "$(dirname "$0")/common.sh"
+run() { mpirun -np 1 "$@" "$bin/ddptrain" --epochs 1 --train-limit 64 --test-limit 64 --output-dir "$work" 2>&1; }
 
 log=$(run)
 echo "$log" | grep 'BLAS:'
