@@ -1,16 +1,60 @@
-// The collective layer's one interface: who this rank is, and collectives over LibTorch tensors.
-// Backends (MPI for CPU tensors today) implement it in one file each; callers never see MPI or NCCL types.
+// The collective layer's one interface: who this rank is, and asynchronous collectives over LibTorch tensors.
+// Backends implement it in one file each (mpi_communicator.cpp for CPU tensors, nccl_communicator.cpp for CUDA
+// tensors); callers never see MPI or NCCL types.
+//
+// Every rank must issue the same collectives in the same order with tensors of the same sizes and dtypes (as with
+// NCCL and torch.distributed). Collectives run in issue order; each returns a Work handle at once.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <chrono>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace ddprun::comm {
 
 enum class ReduceOp { Sum, Average, Max, Min };
+const char* to_string(ReduceOp op);
+
+// A collective that failed on this rank (a transport error, a shape mismatch found by the shape check). One line.
+class CommError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct CommOptions {
+  // A collective still running after this long ends the job: the rank prints the operation, the tensor sizes and
+  // the ranks it is waiting on, then aborts every rank. Zero waits forever.
+  std::chrono::milliseconds timeout = std::chrono::minutes(5);
+  // Before each collective, all ranks compare what they pass (kind, sizes, dtypes, root) and fail with a message
+  // naming each rank's tensors instead of exchanging mismatched buffers. Costs one small all-gather per collective.
+  bool check_shapes = false;
+  // Large buffers are reduced in pieces of this many bytes (they stay in cache; see scripts/bench/allreduce.sh).
+  int64_t segment_bytes = int64_t{4} << 20;
+};
+
+// CommOptions from the environment: DDPRUN_COMM_TIMEOUT (seconds), DDPRUN_COMM_CHECK (0/1; on by default in
+// builds without NDEBUG), DDPRUN_COMM_SEGMENT_BYTES. Explicit flags override these in ddptrain.
+CommOptions comm_options_from_env();
+
+// The handle of one collective in flight.
+class Work {
+ public:
+  virtual ~Work() = default;
+  // Returns when the result may be used: MPI returns when the tensors hold it; NCCL returns at once after making the
+  // current CUDA stream wait for it (as torch.distributed's Work.wait does). Throws CommError if the collective
+  // failed. A collective that outlives the communicator's timeout aborts the job, so wait() does not hang forever.
+  virtual void wait() = 0;
+  // Blocks the calling thread until the collective has completed (true) or `timeout` has passed (false; it is still
+  // in flight and may be waited on again). Throws CommError if it failed.
+  virtual bool wait(std::chrono::milliseconds timeout) = 0;
+  // Completed (successfully or not), without blocking.
+  virtual bool completed() = 0;
+};
+using WorkHandle = std::shared_ptr<Work>;
 
 class Communicator {
  public:
@@ -21,24 +65,31 @@ class Communicator {
   // Rank and number of ranks among the processes on this node (the device index is the local rank).
   virtual int local_rank() const = 0;
   virtual int local_size() const = 0;
+  // "mpi" or "nccl", with what matters about it, e.g. "mpi (MPI_THREAD_MULTIPLE, not CUDA-aware)".
   virtual std::string backend_name() const = 0;
+  virtual const CommOptions& options() const = 0;
 
-  // In place on every tensor; every rank passes tensors of the same sizes and dtypes in the same order.
-  // Average is for floating-point tensors: the sum divided by size().
-  virtual void allreduce(std::vector<at::Tensor>& tensors, ReduceOp op) = 0;
+  // In place on every tensor. Any floating dtype or integer dtype; Average is for floating dtypes (the sum divided
+  // by size()). The tensors must stay untouched until the work has completed.
+  virtual WorkHandle allreduce(std::vector<at::Tensor> tensors, ReduceOp op) = 0;
   // Every rank's tensors become a copy of root's.
-  virtual void broadcast(std::vector<at::Tensor>& tensors, int root) = 0;
-  // Returns every rank's bytes, indexed by rank; the lengths may differ between ranks.
+  virtual WorkHandle broadcast(std::vector<at::Tensor> tensors, int root) = 0;
+  // outputs[r] receives rank r's input; every output has the input's sizes and dtype.
+  virtual WorkHandle allgather(std::vector<at::Tensor> outputs, at::Tensor input) = 0;
+  virtual WorkHandle barrier() = 0;
+
+  // Blocking: every rank's bytes, indexed by rank; the lengths may differ between ranks. For small host-side
+  // metadata (agreement, fingerprints).
   virtual std::vector<std::string> allgather_bytes(const std::string& bytes) = 0;
-  virtual void barrier() = 0;
   // Ends the whole job from this rank (used when ranks can no longer agree); does not return.
   [[noreturn]] virtual void abort(int exit_code) = 0;
 
-  void allreduce(at::Tensor& tensor, ReduceOp op);
-  void broadcast(at::Tensor& tensor, int root);
+  WorkHandle allreduce(const at::Tensor& tensor, ReduceOp op);
+  WorkHandle broadcast(const at::Tensor& tensor, int root);
 };
 
-// Starts MPI if nobody has (and finalizes it when the communicator goes away).
-std::unique_ptr<Communicator> make_mpi_communicator();
+// Starts MPI if nobody has (and finalizes it when the communicator goes away). CPU tensors are reduced in place;
+// tensors on other devices go through a host copy.
+std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& options = comm_options_from_env());
 
 }  // namespace ddprun::comm

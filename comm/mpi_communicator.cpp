@@ -1,25 +1,112 @@
-// The MPI backend of Communicator: blocking MPI collectives on CPU tensors (other devices go through a host copy).
-// Thread level: MPI_THREAD_FUNNELED; only the thread that created the communicator calls MPI.
+// The MPI backend of Communicator. Collectives on CPU tensors run in issue order on one communication thread, so the
+// caller's thread computes while they run; large buffers are reduced in cache-sized segments and small tensors are
+// packed together; a watchdog thread ends the job when a collective outlives the timeout, after asking the other ranks
+// how far they got so it can name the ones that never joined.
+//
+// Thread level: MPI_THREAD_MULTIPLE, requested when this file starts MPI: the communication thread sits in a
+// collective while the watchdog answers and sends status queries on a second communicator. When someone else started
+// MPI with MPI_THREAD_SERIALIZED, collectives still run on the communication thread (never two MPI calls at once)
+// and timeouts still abort the job, but the other ranks are not asked. Less than SERIALIZED is refused.
 #include "comm/communicator.h"
+#include "comm/tensor_text.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <mpi.h>
+// after mpi.h, which it needs
+#include <mpi-ext.h>
 
+#include <algorithm>
+#include <atomic>
 #include <climits>
+#include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
-#include <stdexcept>
-#include <string>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <thread>
 
 namespace ddprun::comm {
 namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr int kTagStatusQuery = 1;
+constexpr int kTagStatusReply = 2;
 
 void check(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
   MPI_Error_string(rc, text, &len);
-  throw std::runtime_error(std::string(what) + " failed: " + std::string(text, len));
+  throw CommError(std::string(what) + " failed: " + std::string(text, len));
 }
+
+const char* thread_level_name(int level) {
+  switch (level) {
+    case MPI_THREAD_SINGLE:
+      return "MPI_THREAD_SINGLE";
+    case MPI_THREAD_FUNNELED:
+      return "MPI_THREAD_FUNNELED";
+    case MPI_THREAD_SERIALIZED:
+      return "MPI_THREAD_SERIALIZED";
+    default:
+      return "MPI_THREAD_MULTIPLE";
+  }
+}
+
+// Whether the MPI library can read device memory itself (Open MPI's extension); ours copies through the host either
+// way, but says which it is.
+bool mpi_is_cuda_aware() {
+#if defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
+  return MPIX_Query_cuda_support() == 1;
+#else
+  return false;
+#endif
+}
+
+// ---- element types and reductions -------------------------------------------------------------------------------
+
+// float16 and bfloat16 have no MPI type: they travel as 16-bit words and are reduced by our own MPI_Op, in float.
+template <typename T, typename Combine>
+void reduce_16bit(void* in, void* inout, int* len, MPI_Datatype*) {
+  const T* a = static_cast<const T*>(in);
+  T* b = static_cast<T*>(inout);
+  Combine combine;
+  for (int i = 0; i < *len; ++i) b[i] = T(combine(static_cast<float>(a[i]), static_cast<float>(b[i])));
+}
+struct Add {
+  float operator()(float a, float b) const { return a + b; }
+};
+struct Larger {
+  float operator()(float a, float b) const { return std::max(a, b); }
+};
+struct Smaller {
+  float operator()(float a, float b) const { return std::min(a, b); }
+};
+
+struct SixteenBitOps {
+  MPI_Op half[3] = {MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL};  // sum, max, min
+  MPI_Op bfloat[3] = {MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL};
+
+  void create() {
+    MPI_Op_create(&reduce_16bit<c10::Half, Add>, 1, &half[0]);
+    MPI_Op_create(&reduce_16bit<c10::Half, Larger>, 1, &half[1]);
+    MPI_Op_create(&reduce_16bit<c10::Half, Smaller>, 1, &half[2]);
+    MPI_Op_create(&reduce_16bit<c10::BFloat16, Add>, 1, &bfloat[0]);
+    MPI_Op_create(&reduce_16bit<c10::BFloat16, Larger>, 1, &bfloat[1]);
+    MPI_Op_create(&reduce_16bit<c10::BFloat16, Smaller>, 1, &bfloat[2]);
+  }
+  void free() {
+    for (MPI_Op* op : {&half[0], &half[1], &half[2], &bfloat[0], &bfloat[1], &bfloat[2]})
+      if (*op != MPI_OP_NULL) MPI_Op_free(op);
+  }
+};
 
 MPI_Datatype mpi_type(at::ScalarType type) {
   switch (type) {
@@ -27,6 +114,9 @@ MPI_Datatype mpi_type(at::ScalarType type) {
       return MPI_FLOAT;
     case at::kDouble:
       return MPI_DOUBLE;
+    case at::kHalf:
+    case at::kBFloat16:
+      return MPI_UINT16_T;
     case at::kLong:
       return MPI_INT64_T;
     case at::kInt:
@@ -38,61 +128,200 @@ MPI_Datatype mpi_type(at::ScalarType type) {
     case at::kByte:
       return MPI_UINT8_T;
     default:
-      throw std::invalid_argument(std::string("MPI allreduce: dtype ") + c10::toString(type) +
-                                  " has no MPI type; use float32/64 or an integer type");
+      return MPI_DATATYPE_NULL;
   }
 }
 
-MPI_Op mpi_op(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::Sum:
-    case ReduceOp::Average:
-      return MPI_SUM;
-    case ReduceOp::Max:
-      return MPI_MAX;
-    case ReduceOp::Min:
-      return MPI_MIN;
-  }
-  return MPI_SUM;
+MPI_Op mpi_op(ReduceOp op, at::ScalarType type, const SixteenBitOps& ops) {
+  const int which = op == ReduceOp::Max ? 1 : op == ReduceOp::Min ? 2 : 0;
+  if (type == at::kHalf) return ops.half[which];
+  if (type == at::kBFloat16) return ops.bfloat[which];
+  return which == 1 ? MPI_MAX : which == 2 ? MPI_MIN : MPI_SUM;
 }
 
-// MPI counts are int: reduce and broadcast in chunks of at most INT_MAX elements.
-template <typename Fn>
-void for_each_chunk(int64_t count, int64_t element_size, char* data, Fn fn) {
-  for (int64_t done = 0; done < count;) {
-    int n = static_cast<int>(std::min<int64_t>(count - done, INT_MAX));
-    fn(data + done * element_size, n);
-    done += n;
+template <typename T>
+void divide_elements(void* data, int64_t count, int divisor) {
+  T* p = static_cast<T*>(data);
+  for (int64_t i = 0; i < count; ++i) p[i] = T(static_cast<float>(p[i]) / static_cast<float>(divisor));
+}
+template <>
+void divide_elements<float>(void* data, int64_t count, int divisor) {
+  float* p = static_cast<float*>(data);
+  const float d = static_cast<float>(divisor);
+  for (int64_t i = 0; i < count; ++i) p[i] /= d;
+}
+template <>
+void divide_elements<double>(void* data, int64_t count, int divisor) {
+  double* p = static_cast<double*>(data);
+  const double d = divisor;
+  for (int64_t i = 0; i < count; ++i) p[i] /= d;
+}
+
+// Average = sum / size, divided right after each segment's reduction while it is still in cache.
+void divide(void* data, int64_t count, at::ScalarType type, int divisor) {
+  switch (type) {
+    case at::kFloat:
+      return divide_elements<float>(data, count, divisor);
+    case at::kDouble:
+      return divide_elements<double>(data, count, divisor);
+    case at::kHalf:
+      return divide_elements<c10::Half>(data, count, divisor);
+    case at::kBFloat16:
+      return divide_elements<c10::BFloat16>(data, count, divisor);
+    default:
+      break;  // refused when the collective was issued
   }
 }
+
+// ---- one collective -----------------------------------------------------------------------------------------------
+
+class Completion {
+ public:
+  void finish(std::exception_ptr error) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+      error_ = std::move(error);
+    }
+    cv_.notify_all();
+  }
+  // false on timeout; rethrows the collective's error.
+  bool wait_for(std::optional<std::chrono::milliseconds> timeout) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (timeout) {
+      if (!cv_.wait_for(lock, *timeout, [&] { return done_; })) return false;
+    } else {
+      cv_.wait(lock, [&] { return done_; });
+    }
+    if (error_) std::rethrow_exception(error_);
+    return true;
+  }
+  bool done() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return done_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::exception_ptr error_;
+};
+
+enum class Kind { Allreduce, Broadcast, Allgather, Barrier, AllgatherBytes };
+
+const char* kind_name(Kind kind) {
+  switch (kind) {
+    case Kind::Allreduce:
+      return "allreduce";
+    case Kind::Broadcast:
+      return "broadcast";
+    case Kind::Allgather:
+      return "allgather";
+    case Kind::Barrier:
+      return "barrier";
+    case Kind::AllgatherBytes:
+      return "allgather of bytes";
+  }
+  return "collective";
+}
+
+struct Op {
+  Kind kind = Kind::Barrier;
+  uint64_t seq = 0;
+  std::vector<at::Tensor> tensors;  // allreduce and broadcast: in place; allgather: the input
+  ReduceOp reduce = ReduceOp::Sum;
+  int root = 0;
+  std::vector<at::Tensor> outputs;  // allgather
+  std::string bytes;                // allgather_bytes: this rank's bytes
+  std::vector<std::string> gathered;
+  Completion completion;
+
+  // What all ranks must agree on, e.g. "allreduce sum float32[4, 6] float16[8]".
+  std::string signature() const {
+    std::string text = kind_name(kind);
+    if (kind == Kind::Allreduce) text += std::string(" ") + to_string(reduce);
+    if (kind == Kind::Broadcast) text += " root " + std::to_string(root);
+    if (!tensors.empty()) text += " " + describe_tensors(tensors, tensors.size());
+    return text;
+  }
+  // For messages: "allreduce #7 (sum; 2 tensors: float32[1024], float32[10]; 4.0 KiB)".
+  std::string description() const {
+    std::string text = std::string(kind_name(kind)) + " #" + std::to_string(seq);
+    if (kind == Kind::Allreduce) text += std::string(" (") + to_string(reduce) + "; " + describe_tensors(tensors) + ")";
+    if (kind == Kind::Broadcast)
+      text += " (from rank " + std::to_string(root) + "; " + describe_tensors(tensors) + ")";
+    if (kind == Kind::Allgather) text += " (" + describe_tensors(tensors) + " per rank)";
+    return text;
+  }
+};
+
+class MpiWork final : public Work {
+ public:
+  explicit MpiWork(std::shared_ptr<Op> op) : op_(std::move(op)) {}
+  void wait() override { op_->completion.wait_for(std::nullopt); }
+  bool wait(std::chrono::milliseconds timeout) override { return op_->completion.wait_for(timeout); }
+  bool completed() override { return op_->completion.done(); }
+
+ private:
+  std::shared_ptr<Op> op_;
+};
+
+// A contiguous CPU buffer holding a tensor's values during a collective: the tensor itself when it is a contiguous
+// CPU tensor, else a host copy made when the collective is issued and copied back when it is done.
+struct Buffer {
+  at::Tensor tensor;  // the caller's
+  at::Tensor host;    // what MPI reads and writes
+  bool staged() const { return !host.is_same(tensor); }
+};
+
+Buffer host_buffer(const at::Tensor& tensor) {
+  if (tensor.device().is_cpu() && tensor.is_contiguous()) return {tensor, tensor};
+  return {tensor, tensor.to(at::Device(at::kCPU), tensor.scalar_type(), /*non_blocking=*/false, /*copy=*/true)
+                      .contiguous()};
+}
+
+// ---- the communicator ---------------------------------------------------------------------------------------------
 
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator() {
+  explicit MpiCommunicator(const CommOptions& options) : options_(options) {
     int initialized = 0;
     MPI_Initialized(&initialized);
     if (!initialized) {
-      int provided = 0;
-      check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+      check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &thread_level_), "MPI_Init_thread");
       owns_mpi_ = true;
-      if (provided < MPI_THREAD_FUNNELED)
-        throw std::runtime_error("the MPI library offers no thread support (MPI_THREAD_FUNNELED is needed)");
+    } else {
+      MPI_Query_thread(&thread_level_);
     }
+    if (thread_level_ < MPI_THREAD_SERIALIZED)
+      throw CommError(std::string("MPI was started with ") + thread_level_name(thread_level_) +
+                      "; ddprun's communication thread needs MPI_THREAD_SERIALIZED or MPI_THREAD_MULTIPLE "
+                      "(call MPI_Init_thread with MPI_THREAD_MULTIPLE, or let ddprun start MPI)");
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     check(MPI_Comm_dup(MPI_COMM_WORLD, &world_), "MPI_Comm_dup");
+    check(MPI_Comm_dup(MPI_COMM_WORLD, &control_), "MPI_Comm_dup");
     MPI_Comm_rank(world_, &rank_);
     MPI_Comm_size(world_, &size_);
     check(MPI_Comm_split_type(world_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_), "MPI_Comm_split_type");
     MPI_Comm_rank(node_, &local_rank_);
     MPI_Comm_size(node_, &local_size_);
+    sixteen_bit_.create();
+    // Whoever finalizes MPI before this communicator is destroyed (a static, say) stops its threads first: MPI
+    // deletes MPI_COMM_SELF's attributes at the start of MPI_Finalize.
+    check(MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, &shut_down_at_finalize, &finalize_key_, nullptr),
+          "MPI_Comm_create_keyval");
+    check(MPI_Comm_set_attr(MPI_COMM_SELF, finalize_key_, this), "MPI_Comm_set_attr");
+    comm_thread_ = std::thread([this] { run_collectives(); });
+    watchdog_thread_ = std::thread([this] { watch(); });
   }
 
   ~MpiCommunicator() override {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (finalized) return;  // whoever started MPI has already ended it, and our communicators with it
-    MPI_Comm_free(&node_);
-    MPI_Comm_free(&world_);
+    if (finalized) return;  // shut down when MPI was finalized
+    MPI_Comm_delete_attr(MPI_COMM_SELF, finalize_key_);  // calls shut_down_at_finalize
+    MPI_Comm_free_keyval(&finalize_key_);
     if (owns_mpi_) MPI_Finalize();
   }
 
@@ -100,45 +329,259 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   int local_rank() const override { return local_rank_; }
   int local_size() const override { return local_size_; }
-  std::string backend_name() const override { return "mpi"; }
+  std::string backend_name() const override {
+    return std::string("mpi (") + thread_level_name(thread_level_) + ", " +
+           (mpi_is_cuda_aware() ? "CUDA-aware, " : "") + "segments of " + describe_bytes(options_.segment_bytes) +
+           ")";
+  }
+  const CommOptions& options() const override { return options_; }
 
-  void allreduce(std::vector<at::Tensor>& tensors, ReduceOp op) override {
-    for (at::Tensor& tensor : tensors) {
-      // float16/bfloat16 have no MPI type: reduce a float32 copy. Other devices: reduce a host copy.
-      bool reduced_precision = tensor.scalar_type() == at::kHalf || tensor.scalar_type() == at::kBFloat16;
-      bool direct = tensor.device().is_cpu() && tensor.is_contiguous() && !reduced_precision;
-      at::Tensor buffer = direct ? tensor
-                                 : tensor
-                                       .to(at::Device(at::kCPU), reduced_precision ? at::kFloat : tensor.scalar_type(),
-                                           /*non_blocking=*/false, /*copy=*/true)
-                                       .contiguous();
-      if (op == ReduceOp::Average && !at::isFloatingType(buffer.scalar_type()))
-        throw std::invalid_argument("MPI allreduce: average needs a floating-point tensor, got " +
-                                    std::string(c10::toString(tensor.scalar_type())));
-      MPI_Datatype type = mpi_type(buffer.scalar_type());
-      for_each_chunk(buffer.numel(), buffer.element_size(), static_cast<char*>(buffer.data_ptr()),
-                     [&](char* data, int n) {
-                       check(MPI_Allreduce(MPI_IN_PLACE, data, n, type, mpi_op(op), world_), "MPI_Allreduce");
-                     });
-      if (op == ReduceOp::Average) buffer.div_(size_);
-      if (!direct) tensor.copy_(buffer);
+  WorkHandle allreduce(std::vector<at::Tensor> tensors, ReduceOp op) override {
+    for (const at::Tensor& t : tensors) {
+      if (mpi_type(t.scalar_type()) == MPI_DATATYPE_NULL)
+        throw std::invalid_argument(std::string("allreduce: dtype ") + dtype_name(t.scalar_type()) +
+                                    " is not supported; use a floating-point or integer dtype");
+      if (op == ReduceOp::Average && !at::isFloatingType(t.scalar_type()))
+        throw std::invalid_argument(std::string("allreduce: average needs a floating-point tensor, got ") +
+                                    dtype_name(t.scalar_type()) + "; use sum");
     }
+    auto work = std::make_shared<Op>();
+    work->kind = Kind::Allreduce;
+    work->tensors = std::move(tensors);
+    work->reduce = op;
+    return issue(std::move(work));
   }
 
-  void broadcast(std::vector<at::Tensor>& tensors, int root) override {
-    for (at::Tensor& tensor : tensors) {
-      bool direct = tensor.device().is_cpu() && tensor.is_contiguous();
-      at::Tensor buffer =
-          direct ? tensor
-                 : tensor.to(at::Device(at::kCPU), tensor.scalar_type(), /*non_blocking=*/false, /*copy=*/true)
-                       .contiguous();
-      for_each_chunk(buffer.nbytes(), 1, static_cast<char*>(buffer.data_ptr()),
-                     [&](char* data, int n) { check(MPI_Bcast(data, n, MPI_BYTE, root, world_), "MPI_Bcast"); });
-      if (!direct) tensor.copy_(buffer);
-    }
+  WorkHandle broadcast(std::vector<at::Tensor> tensors, int root) override {
+    check_root(root, "broadcast");
+    auto work = std::make_shared<Op>();
+    work->kind = Kind::Broadcast;
+    work->tensors = std::move(tensors);
+    work->root = root;
+    return issue(std::move(work));
+  }
+
+  WorkHandle allgather(std::vector<at::Tensor> outputs, at::Tensor input) override {
+    if (static_cast<int>(outputs.size()) != size_)
+      throw std::invalid_argument("allgather: " + std::to_string(outputs.size()) + " outputs for " +
+                                  std::to_string(size_) + " ranks; pass one output per rank");
+    for (size_t r = 0; r < outputs.size(); ++r)
+      if (outputs[r].sizes() != input.sizes() || outputs[r].scalar_type() != input.scalar_type())
+        throw std::invalid_argument("allgather: output " + std::to_string(r) + " is " +
+                                    describe_tensors({outputs[r]}) + ", the input is " + describe_tensors({input}) +
+                                    "; outputs must have the input's sizes and dtype");
+    auto work = std::make_shared<Op>();
+    work->kind = Kind::Allgather;
+    work->tensors = {std::move(input)};
+    work->outputs = std::move(outputs);
+    return issue(std::move(work));
+  }
+
+  WorkHandle barrier() override {
+    auto work = std::make_shared<Op>();
+    work->kind = Kind::Barrier;
+    return issue(std::move(work));
   }
 
   std::vector<std::string> allgather_bytes(const std::string& bytes) override {
+    auto work = std::make_shared<Op>();
+    work->kind = Kind::AllgatherBytes;
+    work->bytes = bytes;
+    issue(work)->wait();
+    return std::move(work->gathered);
+  }
+
+  [[noreturn]] void abort(int exit_code) override {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+    std::_Exit(exit_code);
+  }
+
+ private:
+  void check_root(int root, const char* what) const {
+    if (root < 0 || root >= size_)
+      throw std::invalid_argument(std::string(what) + ": root " + std::to_string(root) + " is not a rank (0.." +
+                                  std::to_string(size_ - 1) + ")");
+  }
+
+  WorkHandle issue(std::shared_ptr<Op> op) {
+    {
+      std::lock_guard<std::mutex> lock(queue_mutex_);
+      op->seq = ++issued_;
+      queue_.push_back(op);
+    }
+    queue_cv_.notify_one();
+    return std::make_shared<MpiWork>(std::move(op));
+  }
+
+  // The communication thread: runs the collectives in issue order until the communicator goes away.
+  void run_collectives() {
+    at::init_num_threads();  // copies made here use the intra-op thread count the caller set
+    for (;;) {
+      std::shared_ptr<Op> op;
+      {
+        std::unique_lock<std::mutex> lock(queue_mutex_);
+        queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        op = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      {
+        std::lock_guard<std::mutex> lock(state_mutex_);
+        running_ = true;
+        running_since_ = Clock::now();
+        started_seq_ = op->seq;
+        running_description_ = op->description();
+      }
+      std::exception_ptr error;
+      try {
+        if (options_.check_shapes) check_same_tensors_everywhere(*op);
+        execute(*op);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      {
+        std::lock_guard<std::mutex> lock(state_mutex_);
+        running_ = false;
+      }
+      op->tensors.clear();  // the results are in the caller's tensors; let go of them
+      op->outputs.clear();
+      op->completion.finish(error);
+    }
+  }
+
+  void execute(Op& op) {
+    switch (op.kind) {
+      case Kind::Allreduce:
+        return run_allreduce(op.tensors, op.reduce);
+      case Kind::Broadcast:
+        return run_broadcast(op.tensors, op.root);
+      case Kind::Allgather:
+        return run_allgather(op.tensors[0], op.outputs);
+      case Kind::Barrier:
+        return check(MPI_Barrier(world_), "MPI_Barrier");
+      case Kind::AllgatherBytes:
+        op.gathered = gather_strings(op.bytes);
+        return;
+    }
+  }
+
+  // Small tensors (up to kPackBytes each) are packed into one buffer per dtype and reduced with one call.
+  static constexpr int64_t kPackBytes = 256 << 10;
+
+  int64_t segment_elements(int64_t element_size) const {
+    const int64_t limit = options_.segment_bytes > 0 ? options_.segment_bytes / element_size : INT_MAX;
+    return std::clamp<int64_t>(limit, 1, INT_MAX);
+  }
+
+  // Calls fn(pointer, count) over `host` in segments of at most segment_bytes.
+  template <typename Fn>
+  void for_each_segment(const at::Tensor& host, Fn fn) const {
+    const int64_t count = host.numel(), element_size = host.element_size();
+    const int64_t step = segment_elements(element_size);
+    char* data = static_cast<char*>(host.data_ptr());
+    for (int64_t done = 0; done < count; done += step) {
+      const int n = static_cast<int>(std::min(step, count - done));
+      fn(data + done * element_size, n);
+    }
+  }
+
+  // Groups the tensors into runs: a large tensor alone, or consecutive small ones of one dtype up to a segment.
+  template <typename Fn>
+  void for_each_group(const std::vector<at::Tensor>& tensors, Fn fn) const {
+    size_t begin = 0;
+    while (begin < tensors.size()) {
+      size_t end = begin + 1;
+      int64_t bytes = tensors[begin].nbytes();
+      if (bytes <= kPackBytes) {
+        while (end < tensors.size() && tensors[end].scalar_type() == tensors[begin].scalar_type() &&
+               tensors[end].nbytes() <= kPackBytes && bytes + int64_t(tensors[end].nbytes()) <= packed_limit()) {
+          bytes += tensors[end].nbytes();
+          ++end;
+        }
+      }
+      fn(begin, end);
+      begin = end;
+    }
+  }
+  int64_t packed_limit() const { return std::max<int64_t>(options_.segment_bytes, kPackBytes); }
+
+  // Runs `on_host(buffer)` over the tensors [begin, end): one packed host buffer for a group of small tensors, else
+  // the tensor's own memory (or its staged host copy); results are copied back afterwards.
+  template <typename Fn>
+  void with_host_buffer(const std::vector<at::Tensor>& tensors, size_t begin, size_t end, Fn on_host) {
+    if (end - begin == 1) {
+      Buffer buffer = host_buffer(tensors[begin]);
+      if (buffer.host.numel() == 0) return;
+      on_host(buffer.host);
+      if (buffer.staged()) buffer.tensor.copy_(buffer.host);
+      return;
+    }
+    int64_t count = 0;
+    for (size_t i = begin; i < end; ++i) count += tensors[i].numel();
+    at::Tensor packed = at::empty({count}, at::TensorOptions().dtype(tensors[begin].scalar_type()));
+    std::vector<Buffer> buffers;
+    char* cursor = static_cast<char*>(packed.data_ptr());
+    for (size_t i = begin; i < end; ++i) {
+      buffers.push_back(host_buffer(tensors[i]));
+      std::memcpy(cursor, buffers.back().host.data_ptr(), buffers.back().host.nbytes());
+      cursor += buffers.back().host.nbytes();
+    }
+    on_host(packed);
+    cursor = static_cast<char*>(packed.data_ptr());
+    for (Buffer& buffer : buffers) {
+      std::memcpy(buffer.host.data_ptr(), cursor, buffer.host.nbytes());
+      cursor += buffer.host.nbytes();
+      if (buffer.staged()) buffer.tensor.copy_(buffer.host);
+    }
+  }
+
+  void run_allreduce(const std::vector<at::Tensor>& tensors, ReduceOp op) {
+    for_each_group(tensors, [&](size_t begin, size_t end) {
+      with_host_buffer(tensors, begin, end, [&](const at::Tensor& host) {
+        const at::ScalarType type = host.scalar_type();
+        const MPI_Datatype datatype = mpi_type(type);
+        const MPI_Op reduction = mpi_op(op, type, sixteen_bit_);
+        for_each_segment(host, [&](char* data, int n) {
+          check(MPI_Allreduce(MPI_IN_PLACE, data, n, datatype, reduction, world_), "MPI_Allreduce");
+          if (op == ReduceOp::Average) divide(data, n, type, size_);
+        });
+      });
+    });
+  }
+
+  void run_broadcast(const std::vector<at::Tensor>& tensors, int root) {
+    for_each_group(tensors, [&](size_t begin, size_t end) {
+      with_host_buffer(tensors, begin, end, [&](const at::Tensor& host) {
+        for_each_segment(host, [&](char* data, int n) {
+          check(MPI_Bcast(data, n * static_cast<int>(host.element_size()), MPI_BYTE, root, world_), "MPI_Bcast");
+        });
+      });
+    });
+  }
+
+  void run_allgather(const at::Tensor& input, const std::vector<at::Tensor>& outputs) {
+    const Buffer in = host_buffer(input);
+    std::vector<Buffer> out;
+    for (const at::Tensor& t : outputs) out.push_back(host_buffer(t));
+    const int64_t bytes = in.host.nbytes();
+    const int64_t step = std::clamp<int64_t>(options_.segment_bytes > 0 ? options_.segment_bytes : INT_MAX, 1,
+                                             INT_MAX / std::max(size_, 1));
+    at::Tensor received = at::empty({std::min(step, bytes) * size_}, at::TensorOptions().dtype(at::kByte));
+    const char* source = static_cast<const char*>(in.host.data_ptr());
+    char* gathered = static_cast<char*>(received.data_ptr());
+    for (int64_t done = 0; done < bytes; done += step) {
+      const int n = static_cast<int>(std::min(step, bytes - done));
+      check(MPI_Allgather(source + done, n, MPI_BYTE, gathered, n, MPI_BYTE, world_), "MPI_Allgather");
+      for (int r = 0; r < size_; ++r)
+        std::memcpy(static_cast<char*>(out[r].host.data_ptr()) + done, gathered + int64_t(r) * n, n);
+    }
+    for (Buffer& buffer : out)
+      if (buffer.staged()) buffer.tensor.copy_(buffer.host);
+  }
+
+  std::vector<std::string> gather_strings(const std::string& bytes) {
     int length = static_cast<int>(bytes.size());
     std::vector<int> lengths(size_), offsets(size_);
     check(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, world_), "MPI_Allgather");
@@ -155,22 +598,186 @@ class MpiCommunicator final : public Communicator {
     return result;
   }
 
-  void barrier() override { check(MPI_Barrier(world_), "MPI_Barrier"); }
-
-  [[noreturn]] void abort(int exit_code) override {
-    MPI_Abort(MPI_COMM_WORLD, exit_code);
-    std::_Exit(exit_code);
+  // The shape check: every rank's signature, compared before any buffer is exchanged.
+  void check_same_tensors_everywhere(const Op& op) {
+    const std::vector<std::string> signatures = gather_strings(op.signature());
+    if (std::all_of(signatures.begin(), signatures.end(), [&](const std::string& s) { return s == signatures[0]; }))
+      return;
+    std::string message = std::string(kind_name(op.kind)) + " #" + std::to_string(op.seq) +
+                          ": the ranks pass different collectives or tensors: ";
+    for (int r = 0; r < size_; ++r) message += (r ? "; rank " : "rank ") + std::to_string(r) + ": " + signatures[r];
+    throw CommError(message);
   }
 
- private:
+  static int shut_down_at_finalize(MPI_Comm, int, void* communicator, void*) {
+    static_cast<MpiCommunicator*>(communicator)->shut_down();
+    return MPI_SUCCESS;
+  }
+
+  // Runs what was issued (the other ranks expect it), stops both threads and frees the MPI objects.
+  void shut_down() {
+    {
+      std::lock_guard<std::mutex> lock(queue_mutex_);
+      if (stopping_) return;
+      stopping_ = true;
+    }
+    queue_cv_.notify_all();
+    comm_thread_.join();
+    {
+      std::lock_guard<std::mutex> lock(state_mutex_);
+      watchdog_stop_ = true;
+    }
+    watchdog_cv_.notify_all();
+    watchdog_thread_.join();
+    sixteen_bit_.free();
+    MPI_Comm_free(&node_);
+    MPI_Comm_free(&control_);
+    MPI_Comm_free(&world_);
+  }
+
+  // ---- the watchdog -----------------------------------------------------------------------------------------------
+
+  bool can_ask_peers() const { return thread_level_ == MPI_THREAD_MULTIPLE && size_ > 1; }
+
+  void watch() {
+    const auto timeout = options_.timeout;
+    const auto period = std::clamp<std::chrono::milliseconds>(timeout / 20, std::chrono::milliseconds(10),
+                                                              std::chrono::milliseconds(200));
+    std::unique_lock<std::mutex> lock(state_mutex_);
+    while (!watchdog_stop_) {
+      watchdog_cv_.wait_for(lock, period);
+      if (watchdog_stop_) break;
+      const bool timed_out = timeout.count() > 0 && running_ && Clock::now() - running_since_ > timeout;
+      const std::string description = running_description_;
+      const uint64_t seq = started_seq_;
+      lock.unlock();
+      if (can_ask_peers()) answer_status_queries();
+      if (timed_out) end_job_after_timeout(description, seq);
+      lock.lock();
+    }
+  }
+
+  // "<started seq> <1 if running> <description>" of this rank's latest collective.
+  std::string status_text() {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    return std::to_string(started_seq_) + " " + (running_ ? "1 " : "0 ") + running_description_;
+  }
+
+  void answer_status_queries() {
+    for (;;) {
+      int pending = 0;
+      MPI_Status status;
+      MPI_Iprobe(MPI_ANY_SOURCE, kTagStatusQuery, control_, &pending, &status);
+      if (!pending) return;
+      uint64_t asker_seq = 0;
+      MPI_Recv(&asker_seq, 1, MPI_UINT64_T, status.MPI_SOURCE, kTagStatusQuery, control_, MPI_STATUS_IGNORE);
+      const std::string reply = status_text();
+      MPI_Send(reply.data(), static_cast<int>(reply.size()), MPI_CHAR, status.MPI_SOURCE, kTagStatusReply, control_);
+    }
+  }
+
+  // Asks every other rank which collective it is at (a few seconds at most), prints one line, aborts the job.
+  [[noreturn]] void end_job_after_timeout(const std::string& description, uint64_t seq) {
+    std::string peers;
+    if (can_ask_peers()) {
+      std::vector<std::string> replies(size_);
+      std::vector<MPI_Request> sends;
+      for (int r = 0; r < size_; ++r) {
+        if (r == rank_) continue;
+        sends.emplace_back();
+        MPI_Isend(&seq, 1, MPI_UINT64_T, r, kTagStatusQuery, control_, &sends.back());
+      }
+      int answered = 0;
+      const auto deadline = Clock::now() + std::chrono::seconds(3);
+      while (answered < size_ - 1 && Clock::now() < deadline) {
+        answer_status_queries();  // the ranks that timed out too are asking us
+        int pending = 0;
+        MPI_Status status;
+        MPI_Iprobe(MPI_ANY_SOURCE, kTagStatusReply, control_, &pending, &status);
+        if (!pending) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          continue;
+        }
+        int length = 0;
+        MPI_Get_count(&status, MPI_CHAR, &length);
+        std::string reply(length, '\0');
+        MPI_Recv(reply.data(), length, MPI_CHAR, status.MPI_SOURCE, kTagStatusReply, control_, MPI_STATUS_IGNORE);
+        replies[status.MPI_SOURCE] = reply;
+        ++answered;
+      }
+      peers = describe_peers(replies, seq);
+    } else if (size_ > 1) {
+      peers = "; the other ranks were not asked how far they got (MPI runs at " +
+              std::string(thread_level_name(thread_level_)) + ", not MPI_THREAD_MULTIPLE)";
+    }
+    std::fprintf(stderr, "ddprun comm: rank %d of %d: %s did not complete within %s%s; aborting the job\n", rank_,
+                 size_, description.c_str(), describe_duration(options_.timeout).c_str(), peers.c_str());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    std::_Exit(1);
+  }
+
+  std::string describe_peers(const std::vector<std::string>& replies, uint64_t seq) const {
+    std::string waiting, joined, silent;
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_) continue;
+      const std::string& reply = replies[r];
+      if (reply.empty()) {
+        silent += (silent.empty() ? "" : ", ") + std::to_string(r);
+        continue;
+      }
+      const size_t first = reply.find(' ');
+      const uint64_t their_seq = std::stoull(reply.substr(0, first));
+      const bool running = reply.compare(first + 1, 1, "1") == 0;
+      const std::string what = first + 3 < reply.size() ? reply.substr(first + 3) : "";
+      if (their_seq >= seq) {
+        joined += (joined.empty() ? "" : ", ") + std::to_string(r);
+      } else {
+        waiting += (waiting.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r) + " (" +
+                   (their_seq == 0 ? std::string("no collective yet")
+                                   : std::string("last at ") + what + (running ? ", still running" : ", completed")) +
+                   ")";
+      }
+    }
+    std::string text;
+    if (!waiting.empty()) text += "; waiting on " + waiting + ", which never joined it";
+    if (!silent.empty()) text += "; no answer from rank(s) " + silent + " (exited, or stuck outside ddprun)";
+    if (!joined.empty()) text += "; rank(s) " + joined + " joined it";
+    return text;
+  }
+
+  CommOptions options_;
   bool owns_mpi_ = false;
-  MPI_Comm world_ = MPI_COMM_NULL;
+  int finalize_key_ = MPI_KEYVAL_INVALID;
+  int thread_level_ = MPI_THREAD_SINGLE;
+  MPI_Comm world_ = MPI_COMM_NULL;    // the collectives
+  MPI_Comm control_ = MPI_COMM_NULL;  // the watchdog's status queries
   MPI_Comm node_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
+  SixteenBitOps sixteen_bit_;
+
+  std::mutex queue_mutex_;
+  std::condition_variable queue_cv_;
+  std::deque<std::shared_ptr<Op>> queue_;
+  uint64_t issued_ = 0;
+  bool stopping_ = false;
+
+  std::mutex state_mutex_;  // what the communication thread is doing, for the watchdog
+  std::condition_variable watchdog_cv_;
+  bool running_ = false;
+  Clock::time_point running_since_;
+  uint64_t started_seq_ = 0;
+  std::string running_description_;
+  bool watchdog_stop_ = false;
+
+  std::thread comm_thread_;
+  std::thread watchdog_thread_;
 };
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_mpi_communicator() { return std::make_unique<MpiCommunicator>(); }
+std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& options) {
+  return std::make_unique<MpiCommunicator>(options);
+}
 
 }  // namespace ddprun::comm

@@ -281,10 +281,10 @@ class Run {
     at::Tensor totals = at::zeros({2}, at::kDouble);
     totals[0] = loss_sum;
     totals[1] = static_cast<double>(samples);
-    comm_.allreduce(totals, comm::ReduceOp::Sum);
+    comm_.allreduce(totals, comm::ReduceOp::Sum)->wait();
     at::Tensor slowest = at::zeros({1}, at::kDouble);
     slowest[0] = seconds_since(start);
-    comm_.allreduce(slowest, comm::ReduceOp::Max);
+    comm_.allreduce(slowest, comm::ReduceOp::Max)->wait();
     m.train_loss = totals[0].item<double>() / totals[1].item<double>();
     m.images_per_sec = totals[1].item<double>() / slowest[0].item<double>();
   }
@@ -305,7 +305,7 @@ class Run {
     at::Tensor counts = at::zeros({2}, at::kLong);
     counts[0] = correct;
     counts[1] = mine.size(0);
-    comm_.allreduce(counts, comm::ReduceOp::Sum);
+    comm_.allreduce(counts, comm::ReduceOp::Sum)->wait();
     return 100.0 * static_cast<double>(counts[0].item<int64_t>()) / static_cast<double>(counts[1].item<int64_t>());
   }
 

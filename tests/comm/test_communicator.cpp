@@ -1,76 +1,235 @@
-// Multi-rank tests of the MPI communicator: what every rank sees after each collective.
+// Multi-rank tests of the MPI communicator (run on 1 to 4 ranks): what every rank holds after each collective, for
+// every reduction and dtype, against values computed by hand; async handles; the shape check; refused arguments.
 #include "comm/agreement.h"
 #include "comm/communicator.h"
 
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/randn.h>
 #include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <memory>
+#include <thread>
 
+using ddprun::comm::CommError;
+using ddprun::comm::CommOptions;
 using ddprun::comm::Communicator;
 using ddprun::comm::ReduceOp;
+using ddprun::comm::WorkHandle;
 
 namespace {
 Communicator& comm() {
-  static std::unique_ptr<Communicator> instance = ddprun::comm::make_mpi_communicator();
+  static std::unique_ptr<Communicator> instance = ddprun::comm::make_mpi_communicator(CommOptions{});
   return *instance;
 }
+
+// A second communicator that cuts buffers into 4 KiB segments (and packs small tensors into 4 KiB groups).
+Communicator& segmented() {
+  static std::unique_ptr<Communicator> instance = [] {
+    CommOptions options;
+    options.segment_bytes = 4096;
+    return ddprun::comm::make_mpi_communicator(options);
+  }();
+  return *instance;
+}
+
+// Rank r holds (r + 1) * [1, 2, ..., 7].
+at::Tensor ramp(at::ScalarType type, int rank) { return (at::arange(1, 8, at::kDouble) * (rank + 1)).to(type); }
 }  // namespace
 
-TEST(Communicator, KnowsRankSizeAndLocalRank) {
+TEST(Communicator, KnowsRankSizeLocalRankAndThreadLevel) {
   EXPECT_GE(comm().size(), 1);
   EXPECT_LT(comm().rank(), comm().size());
   // All ranks of a ctest run share this node.
   EXPECT_EQ(comm().local_size(), comm().size());
   EXPECT_EQ(comm().local_rank(), comm().rank());
-  EXPECT_EQ(comm().backend_name(), "mpi");
+  EXPECT_EQ(comm().backend_name().rfind("mpi (MPI_THREAD_MULTIPLE", 0), 0u) << comm().backend_name();
 }
 
-TEST(Communicator, AllreduceSumAverageMaxMinOnFloatAndInt) {
+TEST(Communicator, AllreduceEveryReductionAndDtypeMatchesHandComputedValues) {
   const int n = comm().size(), r = comm().rank();
-  at::Tensor sum = at::full({5}, double(r + 1), at::kFloat);
-  comm().allreduce(sum, ReduceOp::Sum);
-  EXPECT_TRUE(sum.equal(at::full({5}, n * (n + 1) / 2.0, at::kFloat)));
-
-  at::Tensor avg = at::full({3}, double(r), at::kDouble);
-  comm().allreduce(avg, ReduceOp::Average);
-  EXPECT_TRUE(avg.allclose(at::full({3}, (n - 1) / 2.0, at::kDouble)));
-
-  at::Tensor mx = at::full({2}, int64_t(r * 7), at::kLong), mn = mx.clone();
-  comm().allreduce(mx, ReduceOp::Max);
-  comm().allreduce(mn, ReduceOp::Min);
-  EXPECT_EQ(mx[0].item<int64_t>(), (n - 1) * 7);
-  EXPECT_EQ(mn[1].item<int64_t>(), 0);
+  const at::Tensor base = at::arange(1, 8, at::kDouble);
+  for (at::ScalarType type : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16, at::kLong, at::kInt, at::kShort,
+                              at::kChar, at::kByte}) {
+    SCOPED_TRACE(c10::toString(type));
+    at::Tensor sum = ramp(type, r), max = ramp(type, r), min = ramp(type, r);
+    comm().allreduce(sum, ReduceOp::Sum)->wait();
+    comm().allreduce(max, ReduceOp::Max)->wait();
+    comm().allreduce(min, ReduceOp::Min)->wait();
+    EXPECT_TRUE(sum.equal((base * (n * (n + 1) / 2)).to(type)));
+    EXPECT_TRUE(max.equal((base * n).to(type)));
+    EXPECT_TRUE(min.equal(base.to(type)));
+    if (at::isFloatingType(type)) {
+      at::Tensor average = ramp(type, r);
+      comm().allreduce(average, ReduceOp::Average)->wait();
+      EXPECT_TRUE(average.equal((base * (n + 1) / 2.0).to(type)));
+    }
+  }
 }
 
-TEST(Communicator, AllreduceListNonContiguousAndHalf) {
+TEST(Communicator, AllreduceOfListsNonContiguousZeroSizeAndScalars) {
   const int n = comm().size();
   at::Tensor matrix = at::ones({4, 6}, at::kFloat);
-  at::Tensor column = matrix.t();  // non-contiguous view: the result must land in `matrix`
+  at::Tensor transposed = matrix.t();  // non-contiguous view: the result must land in `matrix`
+  at::Tensor strided = at::ones({20}, at::kDouble);
+  at::Tensor every_other = strided.slice(0, 0, 20, 2);
+  at::Tensor empty = at::empty({0, 3}, at::kFloat);
+  at::Tensor scalar = at::full({}, 2.0, at::kDouble);
   at::Tensor half = at::ones({8}, at::kHalf);
-  std::vector<at::Tensor> list{column, half};
-  comm().allreduce(list, ReduceOp::Sum);
+  comm().allreduce({transposed, every_other, empty, scalar, half}, ReduceOp::Sum)->wait();
   EXPECT_TRUE(matrix.equal(at::full({4, 6}, double(n), at::kFloat)));
+  EXPECT_TRUE(every_other.equal(at::full({10}, double(n), at::kDouble)));
+  EXPECT_TRUE(strided.slice(0, 1, 20, 2).equal(at::ones({10}, at::kDouble)));  // untouched between the elements
+  EXPECT_EQ(empty.numel(), 0);
+  EXPECT_EQ(scalar.item<double>(), 2.0 * n);
   EXPECT_TRUE(half.equal(at::full({8}, double(n), at::kHalf)));
 }
 
-TEST(Communicator, AverageOfIntegersIsRefused) {
-  at::Tensor t = at::zeros({2}, at::kLong);
-  EXPECT_THROW(comm().allreduce(t, ReduceOp::Average), std::invalid_argument);
+TEST(Communicator, SegmentedAndPackedBuffersGiveTheSameResults) {
+  const int n = comm().size(), r = comm().rank();
+  // 100 000 floats = 98 segments of 4 KiB; 50 small tensors of three dtypes packed into groups.
+  at::Tensor large = at::arange(100000, at::kFloat) * (r + 1);
+  std::vector<at::Tensor> small;
+  for (int i = 0; i < 50; ++i) {
+    const at::ScalarType type = i % 3 == 0 ? at::kFloat : i % 3 == 1 ? at::kDouble : at::kHalf;
+    small.push_back(at::full({i % 7 + 1, 3}, double(i * (r + 1)), type));
+  }
+  std::vector<at::Tensor> all = small;
+  all.insert(all.begin() + 20, large);
+  segmented().allreduce(all, ReduceOp::Average)->wait();
+  const double mean_factor = (n + 1) / 2.0;
+  EXPECT_TRUE(large.allclose(at::arange(100000, at::kFloat) * mean_factor));
+  for (int i = 0; i < 50; ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_TRUE(small[i].allclose(at::full(small[i].sizes(), i * mean_factor, small[i].scalar_type())));
+  }
 }
 
-TEST(Communicator, BroadcastFromEveryRoot) {
+TEST(Communicator, SegmentedSumOfIntegersAndBroadcastAndAllgather) {
+  const int n = comm().size(), r = comm().rank();
+  at::Tensor counts = at::full({30000}, int64_t(r + 1), at::kLong);
+  segmented().allreduce(counts, ReduceOp::Sum)->wait();
+  EXPECT_TRUE(counts.equal(at::full({30000}, int64_t(n * (n + 1) / 2), at::kLong)));
+
+  at::Tensor weights = r == n - 1 ? at::arange(50000, at::kFloat) : at::zeros({50000}, at::kFloat);
+  segmented().broadcast(weights, n - 1)->wait();
+  EXPECT_TRUE(weights.equal(at::arange(50000, at::kFloat)));
+
+  std::vector<at::Tensor> outputs;
+  for (int i = 0; i < n; ++i) outputs.push_back(at::empty({3000}, at::kDouble));
+  segmented().allgather(outputs, at::full({3000}, double(r), at::kDouble))->wait();
+  for (int i = 0; i < n; ++i) EXPECT_TRUE(outputs[i].equal(at::full({3000}, double(i), at::kDouble)));
+}
+
+TEST(Communicator, BroadcastFromEveryRootAnyDtype) {
   for (int root = 0; root < comm().size(); ++root) {
+    SCOPED_TRACE(root);
     at::Tensor t = comm().rank() == root ? at::arange(10, at::kFloat) : at::zeros({10}, at::kFloat);
     at::Tensor flags = at::full({3}, comm().rank() == root, at::kBool);
-    std::vector<at::Tensor> list{t, flags};
-    comm().broadcast(list, root);
+    at::Tensor matrix = comm().rank() == root ? at::arange(12, at::kLong).view({3, 4}) : at::zeros({3, 4}, at::kLong);
+    at::Tensor column = matrix.select(1, 2);  // non-contiguous
+    comm().broadcast({t, flags, column}, root)->wait();
     EXPECT_TRUE(t.equal(at::arange(10, at::kFloat)));
     EXPECT_TRUE(flags.all().item<bool>());
+    EXPECT_TRUE(column.equal(at::arange(2, 12, 4, at::kLong)));
   }
+}
+
+TEST(Communicator, AllgatherIntoEveryRanksOutput) {
+  const int n = comm().size(), r = comm().rank();
+  std::vector<at::Tensor> outputs;
+  at::Tensor backing = at::zeros({2, 3, n}, at::kLong);
+  for (int i = 0; i < n; ++i) outputs.push_back(backing.select(2, i));  // non-contiguous outputs
+  comm().allgather(outputs, at::full({2, 3}, int64_t(10 * r + 1), at::kLong))->wait();
+  for (int i = 0; i < n; ++i) EXPECT_TRUE(outputs[i].equal(at::full({2, 3}, int64_t(10 * i + 1), at::kLong)));
+
+  std::vector<at::Tensor> empty_outputs;
+  for (int i = 0; i < n; ++i) empty_outputs.push_back(at::empty({0}, at::kFloat));
+  comm().allgather(empty_outputs, at::empty({0}, at::kFloat))->wait();
+}
+
+TEST(Communicator, ManyCollectivesInFlightCompleteInIssueOrderWhateverOrderTheyAreWaitedIn) {
+  const int n = comm().size(), r = comm().rank();
+  std::vector<at::Tensor> tensors;
+  std::vector<WorkHandle> works;
+  for (int i = 0; i < 64; ++i) {
+    tensors.push_back(at::full({1000 * (i % 5) + 1}, double(r + i), at::kDouble));
+    works.push_back(comm().allreduce(tensors.back(), i % 2 ? ReduceOp::Max : ReduceOp::Sum));
+  }
+  // Compute while they run, then wait from the last to the first.
+  const at::Tensor busy = at::mm(at::randn({200, 200}), at::randn({200, 200}));
+  EXPECT_EQ(busy.size(0), 200);
+  ASSERT_TRUE(works.back()->wait(std::chrono::seconds(60)));
+  for (int i = 0; i < 64; ++i) EXPECT_TRUE(works[i]->completed()) << i;  // issue order: all before it are done
+  for (int i = 63; i >= 0; --i) {
+    works[i]->wait();
+    const double expected = i % 2 ? double(n - 1 + i) : double(n * (n - 1) / 2 + n * i);
+    EXPECT_TRUE(tensors[i].equal(at::full(tensors[i].sizes(), expected, at::kDouble))) << i;
+  }
+  EXPECT_TRUE(comm().barrier()->wait(std::chrono::seconds(60)));
+}
+
+TEST(Communicator, WaitWithTimeoutReportsAnUnfinishedCollective) {
+  if (comm().size() < 2) GTEST_SKIP() << "needs a second rank that arrives late";
+  at::Tensor t = at::ones({4}, at::kFloat);
+  if (comm().rank() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  WorkHandle work = comm().allreduce(t, ReduceOp::Sum);
+  if (comm().rank() == 0) {
+    EXPECT_FALSE(work->wait(std::chrono::milliseconds(50)));  // rank 1 has not joined yet
+    EXPECT_FALSE(work->completed());
+  }
+  EXPECT_TRUE(work->wait(std::chrono::seconds(60)));
+  EXPECT_TRUE(t.equal(at::full({4}, double(comm().size()), at::kFloat)));
+}
+
+TEST(Communicator, ShapeCheckNamesEachRanksTensorsInsteadOfExchangingThem) {
+  CommOptions options;
+  options.check_shapes = true;
+  std::unique_ptr<Communicator> checked = ddprun::comm::make_mpi_communicator(options);
+  const int n = checked->size(), r = checked->rank();
+  at::Tensor same = at::ones({5}, at::kFloat);
+  checked->allreduce(same, ReduceOp::Sum)->wait();
+  EXPECT_TRUE(same.equal(at::full({5}, double(n), at::kFloat)));
+  if (n < 2) return;
+
+  at::Tensor different = at::ones({10 + (r == n - 1)}, at::kFloat);
+  try {
+    checked->allreduce(different, ReduceOp::Sum)->wait();
+    FAIL() << "no error";
+  } catch (const CommError& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("allreduce #2: the ranks pass different collectives or tensors"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("rank 0: allreduce sum float32[10]"), std::string::npos) << message;
+    EXPECT_NE(message.find("rank " + std::to_string(n - 1) + ": allreduce sum float32[11]"), std::string::npos)
+        << message;
+  }
+  // A rank calling broadcast where the others reduce: reported the same way, and the communicator goes on working.
+  at::Tensor t = at::ones({3}, at::kFloat);
+  WorkHandle mixed = r == 0 ? checked->broadcast(t, 0) : checked->allreduce(t, ReduceOp::Sum);
+  EXPECT_THROW(mixed->wait(), CommError);
+  checked->allreduce(same, ReduceOp::Sum)->wait();
+  EXPECT_TRUE(same.equal(at::full({5}, double(n * n), at::kFloat)));
+}
+
+TEST(Communicator, RefusesWhatItCannotDoWhenIssued) {
+  at::Tensor integers = at::zeros({2}, at::kLong);
+  EXPECT_THROW(comm().allreduce(integers, ReduceOp::Average), std::invalid_argument);
+  at::Tensor flags = at::zeros({2}, at::kBool);
+  EXPECT_THROW(comm().allreduce(flags, ReduceOp::Sum), std::invalid_argument);
+  at::Tensor x = at::zeros({2}, at::kFloat);
+  EXPECT_THROW(comm().broadcast(x, comm().size()), std::invalid_argument);
+  std::vector<at::Tensor> one_too_many(comm().size() + 1, at::zeros({2}, at::kFloat));
+  EXPECT_THROW(comm().allgather(one_too_many, x), std::invalid_argument);
+  std::vector<at::Tensor> wrong_shape(comm().size(), at::zeros({3}, at::kFloat));
+  EXPECT_THROW(comm().allgather(wrong_shape, x), std::invalid_argument);
+  comm().barrier()->wait();  // nothing was issued by the refused calls: the ranks are still in step
 }
 
 TEST(Communicator, AllgatherBytesOfDifferentLengths) {
@@ -78,6 +237,21 @@ TEST(Communicator, AllgatherBytesOfDifferentLengths) {
   std::vector<std::string> all = comm().allgather_bytes(mine);
   ASSERT_EQ(static_cast<int>(all.size()), comm().size());
   for (int r = 0; r < comm().size(); ++r) EXPECT_EQ(all[r], std::string(r + 1, static_cast<char>('a' + r)));
+}
+
+TEST(CommOptions, ReadFromTheEnvironment) {
+  setenv("DDPRUN_COMM_TIMEOUT", "2.5", 1);
+  setenv("DDPRUN_COMM_CHECK", "1", 1);
+  setenv("DDPRUN_COMM_SEGMENT_BYTES", "65536", 1);
+  const CommOptions options = ddprun::comm::comm_options_from_env();
+  EXPECT_EQ(options.timeout.count(), 2500);
+  EXPECT_TRUE(options.check_shapes);
+  EXPECT_EQ(options.segment_bytes, 65536);
+  setenv("DDPRUN_COMM_TIMEOUT", "soon", 1);
+  EXPECT_THROW(ddprun::comm::comm_options_from_env(), std::invalid_argument);
+  unsetenv("DDPRUN_COMM_TIMEOUT");
+  unsetenv("DDPRUN_COMM_CHECK");
+  unsetenv("DDPRUN_COMM_SEGMENT_BYTES");
 }
 
 TEST(Agreement, EveryRankLearnsTheLowestFailingRankAndItsMessage) {
@@ -93,7 +267,7 @@ TEST(Agreement, EveryRankLearnsTheLowestFailingRankAndItsMessage) {
     EXPECT_EQ(failure.failed_rank(), last);
     EXPECT_STREQ(failure.what(), "disk full on the last rank");
   }
-  comm().barrier();
+  comm().barrier()->wait();
 }
 
 TEST(Agreement, LibTorchErrorsLoseTheirBacktrace) {
