@@ -11,10 +11,9 @@
 namespace ddprun::comm {
 
 // Thrown on every rank when the step failed on at least one; names the lowest failing rank and its message.
-class CollectiveFailure : public std::runtime_error {
+class CollectiveFailure : public CommError {
  public:
-  CollectiveFailure(int failed_rank, const std::string& message)
-      : std::runtime_error(message), failed_rank_(failed_rank) {}
+  CollectiveFailure(int failed_rank, const std::string& message) : CommError(message), failed_rank_(failed_rank) {}
   int failed_rank() const { return failed_rank_; }
 
  private:

@@ -1,7 +1,6 @@
-// What every backend shares: single-tensor conveniences, names of reductions, options from the environment.
+// What every backend shares: single-tensor conveniences and the names of reductions.
 #include "comm/communicator.h"
 
-#include <cstdlib>
 #include <string>
 
 namespace ddprun::comm {
@@ -18,36 +17,6 @@ const char* to_string(ReduceOp op) {
       return "min";
   }
   return "?";
-}
-
-namespace {
-// A non-negative number from the environment, or `fallback` when unset; a malformed value is an error.
-double env_number(const char* name, double fallback) {
-  const char* text = std::getenv(name);
-  if (!text || !*text) return fallback;
-  char* end = nullptr;
-  const double value = std::strtod(text, &end);
-  if (*end != '\0' || value < 0)
-    throw std::invalid_argument(std::string(name) + "=" + text + " is not a non-negative number");
-  return value;
-}
-
-constexpr bool kDebugBuild =
-#ifdef NDEBUG
-    false;
-#else
-    true;
-#endif
-}  // namespace
-
-CommOptions comm_options_from_env() {
-  CommOptions options;
-  options.timeout = std::chrono::milliseconds(
-      static_cast<int64_t>(env_number("DDPRUN_COMM_TIMEOUT", options.timeout.count() / 1000.0) * 1000));
-  options.check_shapes = env_number("DDPRUN_COMM_CHECK", kDebugBuild ? 1 : 0) != 0;
-  options.segment_bytes =
-      static_cast<int64_t>(env_number("DDPRUN_COMM_SEGMENT_BYTES", static_cast<double>(options.segment_bytes)));
-  return options;
 }
 
 WorkHandle Communicator::allreduce(const at::Tensor& tensor, ReduceOp op) {

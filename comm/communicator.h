@@ -6,6 +6,8 @@
 // NCCL and torch.distributed). Collectives run in issue order; each returns a Work handle at once.
 #pragma once
 
+#include "comm/comm_options.h"
+
 #include <ATen/core/Tensor.h>
 
 #include <chrono>
@@ -24,21 +26,6 @@ class CommError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
-
-struct CommOptions {
-  // A collective still running after this long ends the job: the rank prints the operation, the tensor sizes and
-  // the ranks it is waiting on, then aborts every rank. Zero waits forever.
-  std::chrono::milliseconds timeout = std::chrono::minutes(5);
-  // Before each collective, all ranks compare what they pass (kind, sizes, dtypes, root) and fail with a message
-  // naming each rank's tensors instead of exchanging mismatched buffers. Costs one small all-gather per collective.
-  bool check_shapes = false;
-  // Large buffers are reduced in pieces of this many bytes (they stay in cache; see scripts/bench/allreduce.sh).
-  int64_t segment_bytes = int64_t{4} << 20;
-};
-
-// CommOptions from the environment: DDPRUN_COMM_TIMEOUT (seconds), DDPRUN_COMM_CHECK (0/1; on by default in
-// builds without NDEBUG), DDPRUN_COMM_SEGMENT_BYTES. Explicit flags override these in ddptrain.
-CommOptions comm_options_from_env();
 
 // The handle of one collective in flight.
 class Work {

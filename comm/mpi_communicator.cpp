@@ -245,12 +245,12 @@ struct Op {
     if (!tensors.empty()) text += " " + describe_tensors(tensors, tensors.size());
     return text;
   }
-  // For messages: "allreduce #7 (sum; 2 tensors: float32[1024], float32[10]; 4.0 KiB)".
+  std::string name() const { return std::string(kind_name(kind)) + " #" + std::to_string(seq); }
+  // For messages: "allreduce #7 (sum; 2 tensors: float32[1024], float32[10] (4.0 KiB))".
   std::string description() const {
-    std::string text = std::string(kind_name(kind)) + " #" + std::to_string(seq);
+    std::string text = name();
     if (kind == Kind::Allreduce) text += std::string(" (") + to_string(reduce) + "; " + describe_tensors(tensors) + ")";
-    if (kind == Kind::Broadcast)
-      text += " (from rank " + std::to_string(root) + "; " + describe_tensors(tensors) + ")";
+    if (kind == Kind::Broadcast) text += " (from rank " + std::to_string(root) + "; " + describe_tensors(tensors) + ")";
     if (kind == Kind::Allgather) text += " (" + describe_tensors(tensors) + " per rank)";
     return text;
   }
@@ -277,8 +277,8 @@ struct Buffer {
 
 Buffer host_buffer(const at::Tensor& tensor) {
   if (tensor.device().is_cpu() && tensor.is_contiguous()) return {tensor, tensor};
-  return {tensor, tensor.to(at::Device(at::kCPU), tensor.scalar_type(), /*non_blocking=*/false, /*copy=*/true)
-                      .contiguous()};
+  return {tensor,
+          tensor.to(at::Device(at::kCPU), tensor.scalar_type(), /*non_blocking=*/false, /*copy=*/true).contiguous()};
 }
 
 // ---- the communicator ---------------------------------------------------------------------------------------------
@@ -319,7 +319,7 @@ class MpiCommunicator final : public Communicator {
   ~MpiCommunicator() override {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (finalized) return;  // shut down when MPI was finalized
+    if (finalized) return;                               // shut down when MPI was finalized
     MPI_Comm_delete_attr(MPI_COMM_SELF, finalize_key_);  // calls shut_down_at_finalize
     MPI_Comm_free_keyval(&finalize_key_);
     if (owns_mpi_) MPI_Finalize();
@@ -331,8 +331,7 @@ class MpiCommunicator final : public Communicator {
   int local_size() const override { return local_size_; }
   std::string backend_name() const override {
     return std::string("mpi (") + thread_level_name(thread_level_) + ", " +
-           (mpi_is_cuda_aware() ? "CUDA-aware, " : "") + "segments of " + describe_bytes(options_.segment_bytes) +
-           ")";
+           (mpi_is_cuda_aware() ? "CUDA-aware, " : "") + "segments of " + describe_bytes(options_.segment_bytes) + ")";
   }
   const CommOptions& options() const override { return options_; }
 
@@ -367,8 +366,8 @@ class MpiCommunicator final : public Communicator {
                                   std::to_string(size_) + " ranks; pass one output per rank");
     for (size_t r = 0; r < outputs.size(); ++r)
       if (outputs[r].sizes() != input.sizes() || outputs[r].scalar_type() != input.scalar_type())
-        throw std::invalid_argument("allgather: output " + std::to_string(r) + " is " +
-                                    describe_tensors({outputs[r]}) + ", the input is " + describe_tensors({input}) +
+        throw std::invalid_argument("allgather: output " + std::to_string(r) + " is " + describe_tensors({outputs[r]}) +
+                                    ", the input is " + describe_tensors({input}) +
                                     "; outputs must have the input's sizes and dtype");
     auto work = std::make_shared<Op>();
     work->kind = Kind::Allgather;
@@ -432,7 +431,7 @@ class MpiCommunicator final : public Communicator {
         running_ = true;
         running_since_ = Clock::now();
         started_seq_ = op->seq;
-        running_description_ = op->description();
+        current_ = op;  // described only if the watchdog needs it: building text for every collective costs
       }
       std::exception_ptr error;
       try {
@@ -444,9 +443,9 @@ class MpiCommunicator final : public Communicator {
       {
         std::lock_guard<std::mutex> lock(state_mutex_);
         running_ = false;
+        op->tensors.clear();  // the results are in the caller's tensors; let go of them
+        op->outputs.clear();
       }
-      op->tensors.clear();  // the results are in the caller's tensors; let go of them
-      op->outputs.clear();
       op->completion.finish(error);
     }
   }
@@ -648,7 +647,7 @@ class MpiCommunicator final : public Communicator {
       watchdog_cv_.wait_for(lock, period);
       if (watchdog_stop_) break;
       const bool timed_out = timeout.count() > 0 && running_ && Clock::now() - running_since_ > timeout;
-      const std::string description = running_description_;
+      const std::string description = timed_out ? current_->description() : std::string();
       const uint64_t seq = started_seq_;
       lock.unlock();
       if (can_ask_peers()) answer_status_queries();
@@ -660,7 +659,9 @@ class MpiCommunicator final : public Communicator {
   // "<started seq> <1 if running> <description>" of this rank's latest collective.
   std::string status_text() {
     std::lock_guard<std::mutex> lock(state_mutex_);
-    return std::to_string(started_seq_) + " " + (running_ ? "1 " : "0 ") + running_description_;
+    // A completed collective has let go of its tensors: it is named by kind and number.
+    const std::string what = !current_ ? "" : running_ ? current_->description() : current_->name();
+    return std::to_string(started_seq_) + " " + (running_ ? "1 " : "0 ") + what;
   }
 
   void answer_status_queries() {
@@ -767,7 +768,7 @@ class MpiCommunicator final : public Communicator {
   bool running_ = false;
   Clock::time_point running_since_;
   uint64_t started_seq_ = 0;
-  std::string running_description_;
+  std::shared_ptr<Op> current_;  // the latest collective started
   bool watchdog_stop_ = false;
 
   std::thread comm_thread_;

@@ -4,10 +4,14 @@
 // Exit codes: 0 success; 1 a run-time failure (data, checkpoint, collective); 2 bad flags or config.
 #include "comm/agreement.h"
 #include "comm/communicator.h"
+#include "comm/factory.h"
 #include "trainer/host_memory.h"
 #include "trainer/options.h"
 #include "trainer/trainer.h"
 
+#include <torch/cuda.h>
+
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <memory>
@@ -29,19 +33,35 @@ void report(int rank, const CollectiveFailure& failure) {
 
 int main(int argc, char** argv) {
   const std::string memory_policy = ddprun::trainer::keep_freed_host_memory();
+  // Every rank parses its flags first (they set the communicator's timeout); the ranks agree on the outcome once
+  // the process group runs, so a bad flag stops every rank with one message.
+  ddprun::trainer::ParseResult parsed;
+  std::string usage_error;
+  try {
+    parsed = ddprun::trainer::parse_options(argc, argv);
+  } catch (const std::exception& e) {
+    usage_error = ddprun::comm::error_message(e);
+  }
+  ddprun::comm::CommOptions comm_options;
+  if (usage_error.empty()) {
+    comm_options = ddprun::comm::comm_options_from_env();  // valid: parse_options checked it
+    comm_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(parsed.options.comm_timeout * 1000));
+    comm_options.check_shapes = parsed.options.comm_check;
+  }
+
   std::unique_ptr<ddprun::comm::Communicator> comm;
   try {
-    comm = ddprun::comm::make_mpi_communicator();
+    comm = ddprun::comm::make_mpi_communicator(comm_options);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ddptrain: error: cannot start MPI: %s; start ddptrain with ddprun or mpirun\n",
                  ddprun::comm::error_message(e).c_str());
     return 1;
   }
   const int rank = comm->rank();
-
-  ddprun::trainer::ParseResult parsed;
   try {
-    ddprun::comm::run_on_all_ranks(*comm, [&] { parsed = ddprun::trainer::parse_options(argc, argv); });
+    ddprun::comm::run_on_all_ranks(*comm, [&] {
+      if (!usage_error.empty()) throw ddprun::trainer::UsageError(usage_error);
+    });
   } catch (const CollectiveFailure& failure) {
     report(rank, failure);
     return 2;
@@ -49,6 +69,21 @@ int main(int argc, char** argv) {
   if (parsed.help_requested) {
     if (rank == 0) std::printf("%s", parsed.help_text.c_str());
     return 0;
+  }
+
+  // NCCL on top of MPI when this rank trains on a GPU (or when asked for).
+  const ddprun::comm::Backend backend = ddprun::comm::parse_backend(parsed.options.backend);
+  const c10::DeviceType device = torch::cuda::is_available() ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  if (ddprun::comm::uses_nccl(backend, device)) {
+    try {
+      comm = ddprun::comm::make_nccl_communicator(std::move(comm), comm_options);
+    } catch (const CollectiveFailure& failure) {  // every rank knows it
+      report(rank, failure);
+      return 1;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ddptrain: error on rank %d: %s\n", rank, ddprun::comm::error_message(e).c_str());
+      return 1;
+    }
   }
 
   try {

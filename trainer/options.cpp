@@ -1,6 +1,8 @@
 // Parses ddptrain's flags and --config INI files with Boost.Program_options and checks every value's range.
 #include "trainer/options.h"
 
+#include "comm/comm_options.h"
+
 #include <boost/program_options.hpp>
 
 #include <algorithm>
@@ -17,6 +19,12 @@ const std::vector<std::string>& known_models() {
 }
 
 namespace {
+
+std::string comm_timeout_text(double seconds) {
+  std::ostringstream text;
+  text << seconds;
+  return text.str();
+}
 
 po::options_description describe(TrainOptions& o) {
   po::options_description desc("ddptrain: the per-rank trainer (start it with ddprun or mpirun, one rank per device)");
@@ -46,7 +54,14 @@ po::options_description describe(TrainOptions& o) {
      "use only the first N training images (0: all)")
     ("test-limit", po::value(&o.test_limit)->default_value(o.test_limit), "use only the first N test images (0: all)")
     ("threads", po::value(&o.threads)->default_value(o.threads),
-     "intra-op threads per rank (0: the node's cores divided by the ranks on the node)");
+     "intra-op threads per rank (0: the node's cores divided by the ranks on the node)")
+    ("backend", po::value(&o.backend)->default_value(o.backend),
+     "collectives: auto (NCCL when the device is a GPU, else MPI), mpi or nccl")
+    ("comm-timeout", po::value(&o.comm_timeout)->default_value(o.comm_timeout, comm_timeout_text(o.comm_timeout)),
+     "seconds a collective may take before the job is aborted with a message naming the missing ranks (0: no limit;"
+     " default from DDPRUN_COMM_TIMEOUT, else 300)")
+    ("comm-check", po::bool_switch(&o.comm_check)->default_value(o.comm_check),
+     "before every collective, check that all ranks pass the same tensor sizes (also DDPRUN_COMM_CHECK=1)");
   // clang-format on
   return desc;
 }
@@ -64,6 +79,15 @@ void require(bool ok, const char* flag, T value, const char* rule) {
 ParseResult parse_options(int argc, const char* const argv[]) {
   ParseResult result;
   TrainOptions& o = result.options;
+  // The collective layer's environment gives the defaults of its flags.
+  comm::CommOptions from_env;
+  try {
+    from_env = comm::comm_options_from_env();
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string(e.what()) + "; fix or unset it");
+  }
+  o.comm_timeout = static_cast<double>(from_env.timeout.count()) / 1000.0;
+  o.comm_check = from_env.check_shapes;
   po::options_description desc = describe(o);
   po::variables_map vm, command_line, config;  // all values; and each source alone, to resolve --wd
   try {
@@ -121,6 +145,9 @@ ParseResult parse_options(int argc, const char* const argv[]) {
   require(o.train_limit >= 0, "train-limit", o.train_limit, "must not be negative (0 means all)");
   require(o.test_limit >= 0, "test-limit", o.test_limit, "must not be negative (0 means all)");
   require(o.threads >= 0, "threads", o.threads, "must not be negative (0 means automatic)");
+  if (o.backend != "auto" && o.backend != "mpi" && o.backend != "nccl")
+    throw UsageError("--backend '" + o.backend + "' is not a backend; choose auto, mpi or nccl");
+  require(o.comm_timeout >= 0, "comm-timeout", o.comm_timeout, "must not be negative (0 means no limit)");
   if (o.output_dir.empty()) throw UsageError("--output-dir is empty; give a folder for checkpoints and metrics");
   return result;
 }

@@ -25,7 +25,10 @@ struct TrainOptions {
   int64_t seed = 1;
   int64_t train_limit = 0;  // 0: the whole split
   int64_t test_limit = 0;
-  int threads = 0;  // intra-op threads per rank; 0: cores on the node / ranks on the node
+  int threads = 0;               // intra-op threads per rank; 0: cores on the node / ranks on the node
+  std::string backend = "auto";  // the collective backend: auto (NCCL on GPUs, else MPI), mpi or nccl
+  double comm_timeout = 300;     // seconds a collective may take before the job is aborted; 0: no limit
+  bool comm_check = false;       // compare tensor sizes across ranks before every collective
   std::string config;
 };
 

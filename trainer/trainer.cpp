@@ -82,8 +82,8 @@ std::string run_fingerprint(const TrainOptions& o, int64_t train_size, int64_t t
   out << "model " << o.model << "\nepochs " << o.epochs << "\nbatch-size " << o.batch_size << "\nlr " << exact(o.lr)
       << "\nmomentum " << exact(o.momentum) << "\nweight-decay " << exact(o.weight_decay) << "\nlr-step-size "
       << o.lr_step_size << "\nlr-gamma " << exact(o.lr_gamma) << "\nseed " << o.seed << "\nstart-epoch "
-      << o.start_epoch << "\nresume " << o.resume << "\ntraining samples " << train_size << "\ntest samples "
-      << test_size << "\n";
+      << o.start_epoch << "\nresume " << o.resume << "\nbackend " << o.backend << "\ntraining samples " << train_size
+      << "\ntest samples " << test_size << "\n";
   return out.str();
 }
 

@@ -55,8 +55,8 @@ TEST(Communicator, KnowsRankSizeLocalRankAndThreadLevel) {
 TEST(Communicator, AllreduceEveryReductionAndDtypeMatchesHandComputedValues) {
   const int n = comm().size(), r = comm().rank();
   const at::Tensor base = at::arange(1, 8, at::kDouble);
-  for (at::ScalarType type : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16, at::kLong, at::kInt, at::kShort,
-                              at::kChar, at::kByte}) {
+  for (at::ScalarType type :
+       {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16, at::kLong, at::kInt, at::kShort, at::kChar, at::kByte}) {
     SCOPED_TRACE(c10::toString(type));
     at::Tensor sum = ramp(type, r), max = ramp(type, r), min = ramp(type, r);
     comm().allreduce(sum, ReduceOp::Sum)->wait();

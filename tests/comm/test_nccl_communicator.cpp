@@ -72,10 +72,9 @@ TEST(NcclCommunicator, RefusesToStartWithoutAGpuAndSaysWhatToDo) {
   }
 }
 
-TEST(NcclCommunicator, SaysWhetherItIsCompiledIn) {
-  // Informational: the GPU tests below need it; a build without CUDA/NCCL is legitimate.
-  std::cout << "nccl_compiled_in: " << ddprun::comm::nccl_compiled_in()
-            << ", GPUs visible to LibTorch: " << torch_gpus() << "\n";
+TEST(NcclCommunicator, IsCompiledInExactlyWhenCMakeFoundCudaAndNccl) {
+  EXPECT_EQ(ddprun::comm::nccl_compiled_in(), DDPRUN_CMAKE_FOUND_NCCL != 0)
+      << "the build chose the wrong one of nccl_communicator.cpp and nccl_unavailable.cpp";
 }
 
 // One NCCL communicator (with the shape check on) for all tests of the suite, made and freed while MPI runs.

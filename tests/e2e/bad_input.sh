@@ -19,6 +19,10 @@ case "$case_name" in
     head -c 5000 /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz > "$work/data/train-images-idx3-ubyte.gz"
     args=(--data-path "$work/data"); code=1; expect="train-images-idx3-ubyte.gz' is truncated or corrupt" ;;
   unknown_model)  args=(--model resnet9000); code=2; expect="--model 'resnet9000' is not a known model; choose one of: mnist_cnn" ;;
+  unknown_backend) args=(--backend gloo); code=2; expect="--backend 'gloo' is not a backend; choose auto, mpi or nccl" ;;
+  bad_comm_timeout) args=(--comm-timeout -1); code=2; expect="--comm-timeout -1 is out of range: must not be negative" ;;
+  # No GPU here: NCCL refuses to start (or this build has none), on every rank, with what to do instead.
+  nccl_without_gpu) args=(--backend nccl); code=1; expect="use --backend mpi" ;;
   bad_value)      args=(--lr fast); code=2; expect="the argument ('fast') for option '--lr' is invalid; run ddptrain --help" ;;
   unknown_flag)   args=(--learning-rate 0.1); code=2; expect="unrecognised option '--learning-rate'; run ddptrain --help" ;;
   out_of_range)   args=(-b 0); code=2; expect="--batch-size 0 is out of range: must be at least 1" ;;

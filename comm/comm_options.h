@@ -1,0 +1,25 @@
+// What a communicator is told when it starts: the timeout, the shape check, the segment size; and the environment
+// variables that set them. No LibTorch or MPI types here, so option parsers can include it cheaply.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+
+namespace ddprun::comm {
+
+struct CommOptions {
+  // A collective still running after this long ends the job: the rank prints the operation, the tensor sizes and
+  // the ranks it is waiting on, then aborts every rank. Zero waits forever.
+  std::chrono::milliseconds timeout = std::chrono::minutes(5);
+  // Before each collective, all ranks compare what they pass (kind, sizes, dtypes, root) and fail with a message
+  // naming each rank's tensors instead of exchanging mismatched buffers. Costs one small all-gather per collective.
+  bool check_shapes = false;
+  // Large buffers are reduced in pieces of this many bytes (they stay in cache; see scripts/bench/allreduce.sh).
+  int64_t segment_bytes = int64_t{4} << 20;
+};
+
+// CommOptions from the environment: DDPRUN_COMM_TIMEOUT (seconds), DDPRUN_COMM_CHECK (0/1; on by default in
+// builds without NDEBUG), DDPRUN_COMM_SEGMENT_BYTES. Explicit flags override these in ddptrain.
+CommOptions comm_options_from_env();
+
+}  // namespace ddprun::comm
