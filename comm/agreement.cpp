@@ -18,6 +18,8 @@ void run_on_all_ranks(Communicator& comm, const std::function<void()>& step) {
     step();
   } catch (const std::exception& e) {
     error = error_message(e);
+  } catch (...) {  // whatever it was, the other ranks must not be left waiting for this rank's answer
+    error = "unknown error (not a std::exception)";
   }
   const std::vector<std::string> errors = comm.allgather_bytes(error);
   for (int r = 0; r < static_cast<int>(errors.size()); ++r) {

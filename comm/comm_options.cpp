@@ -1,6 +1,7 @@
 // CommOptions from DDPRUN_COMM_* environment variables.
 #include "comm/comm_options.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -14,7 +15,7 @@ double env_number(const char* name, double fallback) {
   if (!text || !*text) return fallback;
   char* end = nullptr;
   const double value = std::strtod(text, &end);
-  if (*end != '\0' || value < 0)
+  if (*end != '\0' || !std::isfinite(value) || value < 0)
     throw std::invalid_argument(std::string(name) + "=" + text + " is not a non-negative number");
   return value;
 }

@@ -175,6 +175,32 @@ void divide(void* data, int64_t count, at::ScalarType type, int divisor) {
 
 // ---- one collective -----------------------------------------------------------------------------------------------
 
+// A contiguous CPU buffer holding a tensor's values during a collective: the tensor itself when it is a contiguous
+// CPU tensor, else a host copy made on the caller's thread when the collective is issued (so a CUDA tensor is read
+// in its stream's order) and copied back when the collective is done.
+struct Buffer {
+  at::Tensor tensor;  // the caller's
+  at::Tensor host;    // what MPI reads and writes
+  bool staged() const { return !host.is_same(tensor); }
+  void copy_back() {
+    if (staged()) tensor.copy_(host);
+  }
+};
+
+// `with_values`: the host copy starts with the tensor's values (false for outputs that are only written).
+Buffer host_buffer(const at::Tensor& tensor, bool with_values = true) {
+  if (tensor.device().is_cpu() && tensor.is_contiguous()) return {tensor, tensor};
+  if (!with_values) return {tensor, at::empty(tensor.sizes(), tensor.options().device(at::kCPU))};
+  return {tensor,
+          tensor.to(at::Device(at::kCPU), tensor.scalar_type(), /*non_blocking=*/false, /*copy=*/true).contiguous()};
+}
+
+// A failure that every rank sees alike (the shape check): the collective fails, the communicator goes on.
+class AgreedFailure : public CommError {
+ public:
+  using CommError::CommError;
+};
+
 class Completion {
  public:
   void finish(std::exception_ptr error) {
@@ -233,7 +259,9 @@ struct Op {
   ReduceOp reduce = ReduceOp::Sum;
   int root = 0;
   std::vector<at::Tensor> outputs;  // allgather
-  std::string bytes;                // allgather_bytes: this rank's bytes
+  std::vector<Buffer> buffers;      // the tensors' host buffers (allgather: the input's)
+  std::vector<Buffer> output_buffers;
+  std::string bytes;  // allgather_bytes: this rank's bytes
   std::vector<std::string> gathered;
   Completion completion;
 
@@ -267,20 +295,6 @@ class MpiWork final : public Work {
   std::shared_ptr<Op> op_;
 };
 
-// A contiguous CPU buffer holding a tensor's values during a collective: the tensor itself when it is a contiguous
-// CPU tensor, else a host copy made when the collective is issued and copied back when it is done.
-struct Buffer {
-  at::Tensor tensor;  // the caller's
-  at::Tensor host;    // what MPI reads and writes
-  bool staged() const { return !host.is_same(tensor); }
-};
-
-Buffer host_buffer(const at::Tensor& tensor) {
-  if (tensor.device().is_cpu() && tensor.is_contiguous()) return {tensor, tensor};
-  return {tensor,
-          tensor.to(at::Device(at::kCPU), tensor.scalar_type(), /*non_blocking=*/false, /*copy=*/true).contiguous()};
-}
-
 // ---- the communicator ---------------------------------------------------------------------------------------------
 
 class MpiCommunicator final : public Communicator {
@@ -294,13 +308,17 @@ class MpiCommunicator final : public Communicator {
     } else {
       MPI_Query_thread(&thread_level_);
     }
-    if (thread_level_ < MPI_THREAD_SERIALIZED)
+    if (thread_level_ < MPI_THREAD_SERIALIZED) {
+      if (owns_mpi_) MPI_Finalize();
       throw CommError(std::string("MPI was started with ") + thread_level_name(thread_level_) +
                       "; ddprun's communication thread needs MPI_THREAD_SERIALIZED or MPI_THREAD_MULTIPLE "
                       "(call MPI_Init_thread with MPI_THREAD_MULTIPLE, or let ddprun start MPI)");
-    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-    check(MPI_Comm_dup(MPI_COMM_WORLD, &world_), "MPI_Comm_dup");
-    check(MPI_Comm_dup(MPI_COMM_WORLD, &control_), "MPI_Comm_dup");
+    }
+    MPI_Comm_dup(MPI_COMM_WORLD, &world_);
+    MPI_Comm_dup(MPI_COMM_WORLD, &control_);
+    // Errors on our communicators come back as codes (then one line each); the program's MPI_COMM_WORLD is left as is.
+    MPI_Comm_set_errhandler(world_, MPI_ERRORS_RETURN);
+    MPI_Comm_set_errhandler(control_, MPI_ERRORS_RETURN);
     MPI_Comm_rank(world_, &rank_);
     MPI_Comm_size(world_, &size_);
     check(MPI_Comm_split_type(world_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_), "MPI_Comm_split_type");
@@ -317,10 +335,11 @@ class MpiCommunicator final : public Communicator {
   }
 
   ~MpiCommunicator() override {
+    stop_threads();
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (finalized) return;                               // shut down when MPI was finalized
-    MPI_Comm_delete_attr(MPI_COMM_SELF, finalize_key_);  // calls shut_down_at_finalize
+    MPI_Comm_delete_attr(MPI_COMM_SELF, finalize_key_);  // calls shut_down_at_finalize: frees our MPI objects
     MPI_Comm_free_keyval(&finalize_key_);
     if (owns_mpi_) MPI_Finalize();
   }
@@ -405,8 +424,13 @@ class MpiCommunicator final : public Communicator {
   }
 
   WorkHandle issue(std::shared_ptr<Op> op) {
+    for (const at::Tensor& t : op->tensors) op->buffers.push_back(host_buffer(t));
+    for (const at::Tensor& t : op->outputs) op->output_buffers.push_back(host_buffer(t, /*with_values=*/false));
     {
       std::lock_guard<std::mutex> lock(queue_mutex_);
+      if (stopping_)
+        throw CommError(std::string(kind_name(op->kind)) +
+                        ": the communicator has shut down (MPI was finalized); create a new one after MPI_Init");
       op->seq = ++issued_;
       queue_.push_back(op);
     }
@@ -437,14 +461,27 @@ class MpiCommunicator final : public Communicator {
       try {
         if (options_.check_shapes) check_same_tensors_everywhere(*op);
         execute(*op);
-      } catch (...) {
+        for (Buffer& buffer : op->buffers) buffer.copy_back();
+        for (Buffer& buffer : op->output_buffers) buffer.copy_back();
+      } catch (const AgreedFailure&) {
         error = std::current_exception();
+      } catch (const std::exception& e) {
+        // This rank alone failed part way (an MPI error, no memory): the others are in the collective or past it,
+        // and no later collective would pair up with theirs.
+        std::fprintf(stderr,
+                     "ddprun comm: rank %d of %d: %s failed: %s; the ranks cannot stay in step, aborting the job\n",
+                     rank_, size_, op->description().c_str(), e.what());
+        std::fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+        std::_Exit(1);
       }
       {
         std::lock_guard<std::mutex> lock(state_mutex_);
         running_ = false;
         op->tensors.clear();  // the results are in the caller's tensors; let go of them
         op->outputs.clear();
+        op->buffers.clear();
+        op->output_buffers.clear();
       }
       op->completion.finish(error);
     }
@@ -453,11 +490,11 @@ class MpiCommunicator final : public Communicator {
   void execute(Op& op) {
     switch (op.kind) {
       case Kind::Allreduce:
-        return run_allreduce(op.tensors, op.reduce);
+        return run_allreduce(op.buffers, op.reduce);
       case Kind::Broadcast:
-        return run_broadcast(op.tensors, op.root);
+        return run_broadcast(op.buffers, op.root);
       case Kind::Allgather:
-        return run_allgather(op.tensors[0], op.outputs);
+        return run_allgather(op.buffers[0], op.output_buffers);
       case Kind::Barrier:
         return check(MPI_Barrier(world_), "MPI_Barrier");
       case Kind::AllgatherBytes:
@@ -469,34 +506,32 @@ class MpiCommunicator final : public Communicator {
   // Small tensors (up to kPackBytes each) are packed into one buffer per dtype and reduced with one call.
   static constexpr int64_t kPackBytes = 256 << 10;
 
-  int64_t segment_elements(int64_t element_size) const {
-    const int64_t limit = options_.segment_bytes > 0 ? options_.segment_bytes / element_size : INT_MAX;
-    return std::clamp<int64_t>(limit, 1, INT_MAX);
-  }
-
-  // Calls fn(pointer, count) over `host` in segments of at most segment_bytes.
+  // Calls fn(pointer, count) over `host` in pieces of at most segment_bytes (and INT_MAX) bytes, counted in
+  // elements, or in bytes when `as_bytes`.
   template <typename Fn>
-  void for_each_segment(const at::Tensor& host, Fn fn) const {
-    const int64_t count = host.numel(), element_size = host.element_size();
-    const int64_t step = segment_elements(element_size);
+  void for_each_segment(const at::Tensor& host, bool as_bytes, Fn fn) const {
+    const int64_t unit = as_bytes ? 1 : host.element_size();
+    const int64_t count = host.nbytes() / unit;
+    const int64_t limit = options_.segment_bytes > 0 ? options_.segment_bytes / unit : INT_MAX;
+    const int64_t step = std::clamp<int64_t>(limit, 1, INT_MAX);
     char* data = static_cast<char*>(host.data_ptr());
-    for (int64_t done = 0; done < count; done += step) {
-      const int n = static_cast<int>(std::min(step, count - done));
-      fn(data + done * element_size, n);
-    }
+    for (int64_t done = 0; done < count; done += step)
+      fn(data + done * unit, static_cast<int>(std::min(step, count - done)));
   }
 
-  // Groups the tensors into runs: a large tensor alone, or consecutive small ones of one dtype up to a segment.
+  // Groups the buffers into runs: a large tensor alone, or consecutive small ones of one dtype up to a segment.
   template <typename Fn>
-  void for_each_group(const std::vector<at::Tensor>& tensors, Fn fn) const {
+  void for_each_group(const std::vector<Buffer>& buffers, Fn fn) const {
+    const int64_t packed_limit = std::max<int64_t>(options_.segment_bytes, kPackBytes);
     size_t begin = 0;
-    while (begin < tensors.size()) {
+    while (begin < buffers.size()) {
       size_t end = begin + 1;
-      int64_t bytes = tensors[begin].nbytes();
+      int64_t bytes = buffers[begin].host.nbytes();
       if (bytes <= kPackBytes) {
-        while (end < tensors.size() && tensors[end].scalar_type() == tensors[begin].scalar_type() &&
-               tensors[end].nbytes() <= kPackBytes && bytes + int64_t(tensors[end].nbytes()) <= packed_limit()) {
-          bytes += tensors[end].nbytes();
+        while (end < buffers.size() && buffers[end].host.scalar_type() == buffers[begin].host.scalar_type() &&
+               int64_t(buffers[end].host.nbytes()) <= kPackBytes &&
+               bytes + int64_t(buffers[end].host.nbytes()) <= packed_limit) {
+          bytes += buffers[end].host.nbytes();
           ++end;
         }
       }
@@ -504,66 +539,56 @@ class MpiCommunicator final : public Communicator {
       begin = end;
     }
   }
-  int64_t packed_limit() const { return std::max<int64_t>(options_.segment_bytes, kPackBytes); }
 
-  // Runs `on_host(buffer)` over the tensors [begin, end): one packed host buffer for a group of small tensors, else
-  // the tensor's own memory (or its staged host copy); results are copied back afterwards.
+  // Runs `on_host(host)` over the buffers [begin, end): the buffer itself when alone, else one packed copy of them.
   template <typename Fn>
-  void with_host_buffer(const std::vector<at::Tensor>& tensors, size_t begin, size_t end, Fn on_host) {
+  void with_packed(const std::vector<Buffer>& buffers, size_t begin, size_t end, Fn on_host) {
     if (end - begin == 1) {
-      Buffer buffer = host_buffer(tensors[begin]);
-      if (buffer.host.numel() == 0) return;
-      on_host(buffer.host);
-      if (buffer.staged()) buffer.tensor.copy_(buffer.host);
+      if (buffers[begin].host.numel() > 0) on_host(buffers[begin].host);
       return;
     }
     int64_t count = 0;
-    for (size_t i = begin; i < end; ++i) count += tensors[i].numel();
-    at::Tensor packed = at::empty({count}, at::TensorOptions().dtype(tensors[begin].scalar_type()));
-    std::vector<Buffer> buffers;
+    for (size_t i = begin; i < end; ++i) count += buffers[i].host.numel();
+    at::Tensor packed = at::empty({count}, at::TensorOptions().dtype(buffers[begin].host.scalar_type()));
     char* cursor = static_cast<char*>(packed.data_ptr());
     for (size_t i = begin; i < end; ++i) {
-      buffers.push_back(host_buffer(tensors[i]));
-      std::memcpy(cursor, buffers.back().host.data_ptr(), buffers.back().host.nbytes());
-      cursor += buffers.back().host.nbytes();
+      std::memcpy(cursor, buffers[i].host.data_ptr(), buffers[i].host.nbytes());
+      cursor += buffers[i].host.nbytes();
     }
     on_host(packed);
     cursor = static_cast<char*>(packed.data_ptr());
-    for (Buffer& buffer : buffers) {
-      std::memcpy(buffer.host.data_ptr(), cursor, buffer.host.nbytes());
-      cursor += buffer.host.nbytes();
-      if (buffer.staged()) buffer.tensor.copy_(buffer.host);
+    for (size_t i = begin; i < end; ++i) {
+      std::memcpy(buffers[i].host.data_ptr(), cursor, buffers[i].host.nbytes());
+      cursor += buffers[i].host.nbytes();
     }
   }
 
-  void run_allreduce(const std::vector<at::Tensor>& tensors, ReduceOp op) {
-    for_each_group(tensors, [&](size_t begin, size_t end) {
-      with_host_buffer(tensors, begin, end, [&](const at::Tensor& host) {
+  void run_allreduce(const std::vector<Buffer>& buffers, ReduceOp op) {
+    for_each_group(buffers, [&](size_t begin, size_t end) {
+      with_packed(buffers, begin, end, [&](const at::Tensor& host) {
         const at::ScalarType type = host.scalar_type();
-        const MPI_Datatype datatype = mpi_type(type);
-        const MPI_Op reduction = mpi_op(op, type, sixteen_bit_);
-        for_each_segment(host, [&](char* data, int n) {
-          check(MPI_Allreduce(MPI_IN_PLACE, data, n, datatype, reduction, world_), "MPI_Allreduce");
-          if (op == ReduceOp::Average) divide(data, n, type, size_);
+        // float16/bfloat16 are divided before the sum, as NCCL's average does, so that it cannot overflow.
+        const bool divide_first = op == ReduceOp::Average && (type == at::kHalf || type == at::kBFloat16);
+        const MPI_Op reduction = mpi_op(divide_first ? ReduceOp::Sum : op, type, sixteen_bit_);
+        for_each_segment(host, /*as_bytes=*/false, [&](char* data, int n) {
+          if (divide_first) divide(data, n, type, size_);
+          check(MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type(type), reduction, world_), "MPI_Allreduce");
+          if (op == ReduceOp::Average && !divide_first) divide(data, n, type, size_);
         });
       });
     });
   }
 
-  void run_broadcast(const std::vector<at::Tensor>& tensors, int root) {
-    for_each_group(tensors, [&](size_t begin, size_t end) {
-      with_host_buffer(tensors, begin, end, [&](const at::Tensor& host) {
-        for_each_segment(host, [&](char* data, int n) {
-          check(MPI_Bcast(data, n * static_cast<int>(host.element_size()), MPI_BYTE, root, world_), "MPI_Bcast");
-        });
+  void run_broadcast(const std::vector<Buffer>& buffers, int root) {
+    for_each_group(buffers, [&](size_t begin, size_t end) {
+      with_packed(buffers, begin, end, [&](const at::Tensor& host) {
+        for_each_segment(host, /*as_bytes=*/true,
+                         [&](char* data, int n) { check(MPI_Bcast(data, n, MPI_BYTE, root, world_), "MPI_Bcast"); });
       });
     });
   }
 
-  void run_allgather(const at::Tensor& input, const std::vector<at::Tensor>& outputs) {
-    const Buffer in = host_buffer(input);
-    std::vector<Buffer> out;
-    for (const at::Tensor& t : outputs) out.push_back(host_buffer(t));
+  void run_allgather(const Buffer& in, const std::vector<Buffer>& out) {
     const int64_t bytes = in.host.nbytes();
     const int64_t step = std::clamp<int64_t>(options_.segment_bytes > 0 ? options_.segment_bytes : INT_MAX, 1,
                                              INT_MAX / std::max(size_, 1));
@@ -576,8 +601,6 @@ class MpiCommunicator final : public Communicator {
       for (int r = 0; r < size_; ++r)
         std::memcpy(static_cast<char*>(out[r].host.data_ptr()) + done, gathered + int64_t(r) * n, n);
     }
-    for (Buffer& buffer : out)
-      if (buffer.staged()) buffer.tensor.copy_(buffer.host);
   }
 
   std::vector<std::string> gather_strings(const std::string& bytes) {
@@ -605,16 +628,21 @@ class MpiCommunicator final : public Communicator {
     std::string message = std::string(kind_name(op.kind)) + " #" + std::to_string(op.seq) +
                           ": the ranks pass different collectives or tensors: ";
     for (int r = 0; r < size_; ++r) message += (r ? "; rank " : "rank ") + std::to_string(r) + ": " + signatures[r];
-    throw CommError(message);
+    throw AgreedFailure(message);
   }
 
   static int shut_down_at_finalize(MPI_Comm, int, void* communicator, void*) {
-    static_cast<MpiCommunicator*>(communicator)->shut_down();
+    auto* self = static_cast<MpiCommunicator*>(communicator);
+    self->stop_threads();
+    self->sixteen_bit_.free();
+    MPI_Comm_free(&self->node_);
+    MPI_Comm_free(&self->control_);
+    MPI_Comm_free(&self->world_);
     return MPI_SUCCESS;
   }
 
-  // Runs what was issued (the other ranks expect it), stops both threads and frees the MPI objects.
-  void shut_down() {
+  // Runs what was issued (the other ranks expect it), then stops both threads; later collectives are refused.
+  void stop_threads() {
     {
       std::lock_guard<std::mutex> lock(queue_mutex_);
       if (stopping_) return;
@@ -628,10 +656,6 @@ class MpiCommunicator final : public Communicator {
     }
     watchdog_cv_.notify_all();
     watchdog_thread_.join();
-    sixteen_bit_.free();
-    MPI_Comm_free(&node_);
-    MPI_Comm_free(&control_);
-    MPI_Comm_free(&world_);
   }
 
   // ---- the watchdog -----------------------------------------------------------------------------------------------
@@ -640,8 +664,10 @@ class MpiCommunicator final : public Communicator {
 
   void watch() {
     const auto timeout = options_.timeout;
-    const auto period = std::clamp<std::chrono::milliseconds>(timeout / 20, std::chrono::milliseconds(10),
-                                                              std::chrono::milliseconds(200));
+    const auto period = timeout.count() > 0
+                            ? std::clamp<std::chrono::milliseconds>(timeout / 20, std::chrono::milliseconds(10),
+                                                                    std::chrono::milliseconds(200))
+                            : std::chrono::milliseconds(200);
     std::unique_lock<std::mutex> lock(state_mutex_);
     while (!watchdog_stop_) {
       watchdog_cv_.wait_for(lock, period);

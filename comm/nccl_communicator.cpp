@@ -259,7 +259,8 @@ class NcclCommunicator final : public Communicator {
     std::memcpy(&id, id_bytes.data_ptr(), sizeof id);
 
     // open_device() has made this rank's GPU the current device, and it stays so (as torch.cuda.set_device would).
-    check_nccl(ncclCommInitRank(&comm_, size_, id, rank_), "ncclCommInitRank");
+    // ncclCommInitRank waits for every rank; one that died after the id went out would make it wait forever.
+    init_with_timeout(id);
     try {
       check_nccl(ncclGetVersion(&nccl_version_), "ncclGetVersion");
       check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
@@ -354,6 +355,7 @@ class NcclCommunicator final : public Communicator {
                                     "; every output must match the input");
     }
     Staged staged = stage({input});
+    staged.copies.clear();  // the input is only read: nothing goes back into it
     const size_t bytes = input.nbytes();
     // NCCL writes the ranks' pieces one after another: straight into the outputs when they lie that way in memory
     // (slices of one tensor), into a staging buffer otherwise.
@@ -391,12 +393,38 @@ class NcclCommunicator final : public Communicator {
       // Another thread is already ending the job.
       for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
     }
-    if (comm_) ncclCommAbort(comm_);
+    // No ncclCommAbort: it may block, and the watchdog may be using the communicator; MPI_Abort ends the process,
+    // and the driver tears down its kernels and memory with it.
     bootstrap_->abort(exit_code);
     std::_Exit(exit_code);  // not reached
   }
 
  private:
+  void init_with_timeout(const ncclUniqueId& id) {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool done = false;
+    std::thread watch;
+    if (options_.timeout.count() > 0) {
+      watch = std::thread([&] {
+        std::unique_lock<std::mutex> lock(mutex);
+        if (cv.wait_for(lock, options_.timeout, [&] { return done; })) return;
+        lock.unlock();
+        end_job("rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ": ncclCommInitRank on " +
+                device_.str() + " did not complete within " + describe_duration(options_.timeout) +
+                " (a rank exited or cannot reach the others; NCCL_DEBUG=INFO tells more)");
+      });
+    }
+    const ncclResult_t rc = ncclCommInitRank(&comm_, size_, id, rank_);
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      done = true;
+    }
+    cv.notify_all();
+    if (watch.joinable()) watch.join();
+    check_nccl(rc, "ncclCommInitRank");
+  }
+
   // Checks that this rank has its GPU and that LibTorch can drive it, and makes it the current device.
   void open_device() {
     int count = 0;
@@ -526,6 +554,7 @@ class NcclCommunicator final : public Communicator {
         in_flight_.front()->buffers.clear();
         in_flight_.pop_front();
       }
+      if (aborting_) return;  // another thread is ending the job
       ncclResult_t async_error = ncclSuccess;
       if (ncclCommGetAsyncError(comm_, &async_error) == ncclSuccess && async_error != ncclSuccess &&
           async_error != ncclInProgress) {

@@ -29,7 +29,7 @@ Communicator& comm() {
   return *instance;
 }
 
-// A second communicator that cuts buffers into 4 KiB segments (and packs small tensors into 4 KiB groups).
+// A second communicator that cuts buffers into 4 KiB segments (small tensors are still packed, up to 256 KiB).
 Communicator& segmented() {
   static std::unique_ptr<Communicator> instance = [] {
     CommOptions options;
@@ -68,7 +68,9 @@ TEST(Communicator, AllreduceEveryReductionAndDtypeMatchesHandComputedValues) {
     if (at::isFloatingType(type)) {
       at::Tensor average = ramp(type, r);
       comm().allreduce(average, ReduceOp::Average)->wait();
-      EXPECT_TRUE(average.equal((base * (n + 1) / 2.0).to(type)));
+      // 16-bit floats are divided before the sum (so it cannot overflow): within their rounding.
+      const bool sixteen_bit = type == at::kHalf || type == at::kBFloat16;
+      EXPECT_TRUE(average.to(at::kDouble).allclose(base * (n + 1) / 2.0, sixteen_bit ? 1e-2 : 1e-12, 0)) << average;
     }
   }
 }
@@ -93,11 +95,11 @@ TEST(Communicator, AllreduceOfListsNonContiguousZeroSizeAndScalars) {
 
 TEST(Communicator, SegmentedAndPackedBuffersGiveTheSameResults) {
   const int n = comm().size(), r = comm().rank();
-  // 100 000 floats = 98 segments of 4 KiB; 50 small tensors of three dtypes packed into groups.
+  // 100 000 floats = 98 segments of 4 KiB; 50 small tensors in runs of one dtype, each run packed into one buffer.
   at::Tensor large = at::arange(100000, at::kFloat) * (r + 1);
   std::vector<at::Tensor> small;
   for (int i = 0; i < 50; ++i) {
-    const at::ScalarType type = i % 3 == 0 ? at::kFloat : i % 3 == 1 ? at::kDouble : at::kHalf;
+    const at::ScalarType type = i < 17 ? at::kFloat : i < 34 ? at::kDouble : at::kHalf;
     small.push_back(at::full({i % 7 + 1, 3}, double(i * (r + 1)), type));
   }
   std::vector<at::Tensor> all = small;
@@ -107,7 +109,7 @@ TEST(Communicator, SegmentedAndPackedBuffersGiveTheSameResults) {
   EXPECT_TRUE(large.allclose(at::arange(100000, at::kFloat) * mean_factor));
   for (int i = 0; i < 50; ++i) {
     SCOPED_TRACE(i);
-    EXPECT_TRUE(small[i].allclose(at::full(small[i].sizes(), i * mean_factor, small[i].scalar_type())));
+    EXPECT_TRUE(small[i].to(at::kDouble).allclose(at::full(small[i].sizes(), i * mean_factor, at::kDouble), 1e-2, 0));
   }
 }
 
@@ -178,11 +180,15 @@ TEST(Communicator, ManyCollectivesInFlightCompleteInIssueOrderWhateverOrderTheyA
 TEST(Communicator, WaitWithTimeoutReportsAnUnfinishedCollective) {
   if (comm().size() < 2) GTEST_SKIP() << "needs a second rank that arrives late";
   at::Tensor t = at::ones({4}, at::kFloat);
-  if (comm().rank() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // Rank 1 joins the all-reduce only after rank 0 has looked at it (a barrier on another communicator).
+  if (comm().rank() == 1) segmented().barrier()->wait();
   WorkHandle work = comm().allreduce(t, ReduceOp::Sum);
   if (comm().rank() == 0) {
     EXPECT_FALSE(work->wait(std::chrono::milliseconds(50)));  // rank 1 has not joined yet
     EXPECT_FALSE(work->completed());
+    segmented().barrier()->wait();
+  } else if (comm().rank() > 1) {
+    segmented().barrier()->wait();
   }
   EXPECT_TRUE(work->wait(std::chrono::seconds(60)));
   EXPECT_TRUE(t.equal(at::full({4}, double(comm().size()), at::kFloat)));
