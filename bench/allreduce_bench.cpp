@@ -7,6 +7,8 @@
 // Method (as nccl-tests): float32 sum in place; per measurement, `iters` collectives are issued back to back and the
 // time is taken when the last completes (ddprun: issued asynchronously, then the last is waited for; MPI: a loop of
 // blocking calls), the slowest rank's time counts. algbw = bytes / time, busbw = algbw * 2 (n - 1) / n.
+// The two are measured alternately, repeat by repeat; besides each one's median, the median of the per-repeat ratios
+// ddprun/MPI is printed (PAIRED lines), which the machine's slow drifts affect least.
 #include "comm/communicator.h"
 
 #include <ATen/ops/ones.h>
@@ -137,6 +139,12 @@ int main(int argc, char** argv) {
         std::printf("RESULT %s %d %lld %.4f %.4f %.4f\n", impl, n, static_cast<long long>(bytes), algbw * bus_factor,
                     worst, best);
       }
+      if (!only.empty()) continue;
+      // Each repeat measured both back to back: the median of the per-repeat ratios is robust to the machine's drift.
+      std::vector<double> ratios;
+      for (int r = 0; r < repeats; ++r) ratios.push_back(mpi_times[r] / ddprun_times[r]);
+      std::printf("PAIRED %d %lld %.4f %.4f %.4f\n", n, static_cast<long long>(bytes), median(ratios),
+                  *std::min_element(ratios.begin(), ratios.end()), *std::max_element(ratios.begin(), ratios.end()));
       std::fflush(stdout);
     }
   }

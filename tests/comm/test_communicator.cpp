@@ -143,6 +143,21 @@ TEST(Communicator, BroadcastFromEveryRootAnyDtype) {
   }
 }
 
+TEST(Communicator, BroadcastAndAllgatherEveryDtype) {
+  const int n = comm().size(), r = comm().rank();
+  for (at::ScalarType type : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16, at::kLong, at::kInt, at::kShort,
+                              at::kChar, at::kByte, at::kBool}) {
+    SCOPED_TRACE(c10::toString(type));
+    at::Tensor from_last = ramp(type, r == n - 1 ? 1 : 0);  // [2, 4, ..., 14] on the last rank, [1, ..., 7] elsewhere
+    comm().broadcast(from_last, n - 1)->wait();
+    EXPECT_TRUE(from_last.equal(ramp(type, 1)));
+    std::vector<at::Tensor> outputs;
+    for (int i = 0; i < n; ++i) outputs.push_back(at::zeros({7}, type));
+    comm().allgather(outputs, ramp(type, r))->wait();
+    for (int i = 0; i < n; ++i) EXPECT_TRUE(outputs[i].equal(ramp(type, i))) << i;
+  }
+}
+
 TEST(Communicator, AllgatherIntoEveryRanksOutput) {
   const int n = comm().size(), r = comm().rank();
   std::vector<at::Tensor> outputs;
