@@ -1,6 +1,7 @@
 // CommOptions from DDPRUN_COMM_* environment variables.
 #include "comm/comm_options.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <stdexcept>
@@ -36,6 +37,12 @@ CommOptions comm_options_from_env() {
   options.segment_bytes =
       static_cast<int64_t>(env_number("DDPRUN_COMM_SEGMENT_BYTES", static_cast<double>(options.segment_bytes)));
   return options;
+}
+
+std::chrono::milliseconds watchdog_period(std::chrono::milliseconds timeout) {
+  if (timeout.count() <= 0) return std::chrono::milliseconds(200);
+  return std::clamp<std::chrono::milliseconds>(timeout / 20, std::chrono::milliseconds(10),
+                                               std::chrono::milliseconds(200));
 }
 
 }  // namespace ddprun::comm

@@ -22,4 +22,7 @@ struct CommOptions {
 // builds without NDEBUG), DDPRUN_COMM_SEGMENT_BYTES. Explicit flags override these in ddptrain.
 CommOptions comm_options_from_env();
 
+// How often a backend's watchdog looks at what is in flight: a twentieth of the timeout, between 10 and 200 ms.
+std::chrono::milliseconds watchdog_period(std::chrono::milliseconds timeout);
+
 }  // namespace ddprun::comm

@@ -622,13 +622,8 @@ class MpiCommunicator final : public Communicator {
 
   // The shape check: every rank's signature, compared before any buffer is exchanged.
   void check_same_tensors_everywhere(const Op& op) {
-    const std::vector<std::string> signatures = gather_strings(op.signature());
-    if (std::all_of(signatures.begin(), signatures.end(), [&](const std::string& s) { return s == signatures[0]; }))
-      return;
-    std::string message = std::string(kind_name(op.kind)) + " #" + std::to_string(op.seq) +
-                          ": the ranks pass different collectives or tensors: ";
-    for (int r = 0; r < size_; ++r) message += (r ? "; rank " : "rank ") + std::to_string(r) + ": " + signatures[r];
-    throw AgreedFailure(message);
+    const std::string mismatch = signature_mismatch(op.name(), gather_strings(op.signature()));
+    if (!mismatch.empty()) throw AgreedFailure(mismatch);
   }
 
   static int shut_down_at_finalize(MPI_Comm, int, void* communicator, void*) {
@@ -664,10 +659,7 @@ class MpiCommunicator final : public Communicator {
 
   void watch() {
     const auto timeout = options_.timeout;
-    const auto period = timeout.count() > 0
-                            ? std::clamp<std::chrono::milliseconds>(timeout / 20, std::chrono::milliseconds(10),
-                                                                    std::chrono::milliseconds(200))
-                            : std::chrono::milliseconds(200);
+    const auto period = watchdog_period(timeout);
     std::unique_lock<std::mutex> lock(state_mutex_);
     while (!watchdog_stop_) {
       watchdog_cv_.wait_for(lock, period);

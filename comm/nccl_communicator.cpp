@@ -518,14 +518,9 @@ class NcclCommunicator final : public Communicator {
   }
 
   void check_same_on_all_ranks(const char* kind, uint64_t seq, const std::string& signature) {
-    const std::vector<std::string> signatures = bootstrap_->allgather_bytes(signature);
-    if (std::all_of(signatures.begin(), signatures.end(), [&](const std::string& s) { return s == signatures[0]; }))
-      return;
-    std::string message = std::string("NCCL ") + kind + " #" + std::to_string(seq) +
-                          ": the ranks pass different collectives or tensors: ";
-    for (size_t r = 0; r < signatures.size(); ++r)
-      message += (r ? "; rank " : "rank ") + std::to_string(r) + ": " + signatures[r];
-    throw CommError(message);
+    const std::string mismatch = signature_mismatch(std::string("NCCL ") + kind + " #" + std::to_string(seq),
+                                                    bootstrap_->allgather_bytes(signature));
+    if (!mismatch.empty()) throw CommError(mismatch);
   }
 
   // Polls the in-flight collectives: retires the finished ones (in issue order: one stream runs them in that order),
@@ -533,10 +528,7 @@ class NcclCommunicator final : public Communicator {
   void watch() {
     if (cudaSetDevice(local_rank_) != cudaSuccess) return;
     const auto timeout = options_.timeout;
-    const auto period = timeout.count() > 0
-                            ? std::clamp<std::chrono::milliseconds>(timeout / 20, std::chrono::milliseconds(10),
-                                                                    std::chrono::milliseconds(100))
-                            : std::chrono::milliseconds(100);
+    const auto period = watchdog_period(timeout);
     std::unique_lock<std::mutex> lock(mutex_);
     while (!stop_) {
       watchdog_cv_.wait_for(lock, period);

@@ -71,4 +71,14 @@ std::string describe_duration(std::chrono::milliseconds duration) {
   return text;
 }
 
+std::string signature_mismatch(const std::string& collective, const std::vector<std::string>& signatures) {
+  bool same = true;
+  for (const std::string& s : signatures) same = same && s == signatures[0];
+  if (same) return "";
+  std::string message = collective + ": the ranks pass different collectives or tensors: ";
+  for (size_t r = 0; r < signatures.size(); ++r)
+    message += (r ? "; rank " : "rank ") + std::to_string(r) + ": " + signatures[r];
+  return message;
+}
+
 }  // namespace ddprun::comm

@@ -17,4 +17,9 @@ std::string describe_tensors(const std::vector<at::Tensor>& tensors, size_t max_
 std::string describe_bytes(int64_t bytes);
 std::string describe_duration(std::chrono::milliseconds duration);
 
+// The shape check's verdict on every rank's signature of one collective (e.g. "allreduce sum float32[10]"): empty when
+// they are all the same, else "<collective>: the ranks pass different collectives or tensors: rank 0: ...; rank 1:
+// ...".
+std::string signature_mismatch(const std::string& collective, const std::vector<std::string>& signatures);
+
 }  // namespace ddprun::comm
