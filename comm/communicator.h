@@ -38,7 +38,8 @@ class Work {
   // Blocks the calling thread until the collective has completed (true) or `timeout` has passed (false; it is still
   // in flight and may be waited on again). Throws CommError if it failed.
   virtual bool wait(std::chrono::milliseconds timeout) = 0;
-  // Completed (successfully or not), without blocking.
+  // Completed (successfully or not), without blocking. NCCL: the collective has finished on the GPU; results for
+  // non-contiguous tensors are copied into them by wait().
   virtual bool completed() = 0;
 };
 using WorkHandle = std::shared_ptr<Work>;

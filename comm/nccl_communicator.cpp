@@ -528,7 +528,8 @@ class NcclCommunicator final : public Communicator {
   void watch() {
     if (cudaSetDevice(local_rank_) != cudaSuccess) return;
     const auto timeout = options_.timeout;
-    const auto period = watchdog_period(timeout);
+    // Finished collectives hold their tensors until retired here: look often, so memory returns soon.
+    const auto period = std::min(watchdog_period(timeout), std::chrono::milliseconds(50));
     std::unique_lock<std::mutex> lock(mutex_);
     while (!stop_) {
       watchdog_cv_.wait_for(lock, period);
