@@ -59,12 +59,12 @@ class Communicator {
 
   // In place on every tensor. Any floating dtype or integer dtype; Average is for floating dtypes (the sum divided
   // by size()). The tensors must stay untouched until the work has completed.
-  virtual WorkHandle allreduce(std::vector<at::Tensor> tensors, ReduceOp op) = 0;
+  [[nodiscard]] virtual WorkHandle allreduce(std::vector<at::Tensor> tensors, ReduceOp op) = 0;
   // Every rank's tensors become a copy of root's.
-  virtual WorkHandle broadcast(std::vector<at::Tensor> tensors, int root) = 0;
+  [[nodiscard]] virtual WorkHandle broadcast(std::vector<at::Tensor> tensors, int root) = 0;
   // outputs[r] receives rank r's input; every output has the input's sizes and dtype.
-  virtual WorkHandle allgather(std::vector<at::Tensor> outputs, at::Tensor input) = 0;
-  virtual WorkHandle barrier() = 0;
+  [[nodiscard]] virtual WorkHandle allgather(std::vector<at::Tensor> outputs, at::Tensor input) = 0;
+  [[nodiscard]] virtual WorkHandle barrier() = 0;
 
   // Blocking: every rank's bytes, indexed by rank; the lengths may differ between ranks. For small host-side
   // metadata (agreement, fingerprints).
@@ -72,8 +72,8 @@ class Communicator {
   // Ends the whole job from this rank (used when ranks can no longer agree); does not return.
   [[noreturn]] virtual void abort(int exit_code) = 0;
 
-  WorkHandle allreduce(const at::Tensor& tensor, ReduceOp op);
-  WorkHandle broadcast(const at::Tensor& tensor, int root);
+  [[nodiscard]] WorkHandle allreduce(const at::Tensor& tensor, ReduceOp op);
+  [[nodiscard]] WorkHandle broadcast(const at::Tensor& tensor, int root);
 };
 
 // Starts MPI if nobody has (and finalizes it when the communicator goes away). CPU tensors are reduced in place;

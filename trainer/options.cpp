@@ -61,7 +61,15 @@ po::options_description describe(TrainOptions& o) {
      "seconds a collective may take before the job is aborted with a message naming the missing ranks (0: no limit;"
      " default from DDPRUN_COMM_TIMEOUT, else 300)")
     ("comm-check", po::bool_switch(&o.comm_check)->default_value(o.comm_check),
-     "before every collective, check that all ranks pass the same tensor sizes (also DDPRUN_COMM_CHECK=1)");
+     "before every collective, check that all ranks pass the same tensor sizes (also DDPRUN_COMM_CHECK=1)")
+    ("bucket-cap-mb", po::value(&o.bucket_cap_mb)->default_value(o.bucket_cap_mb, "25"),
+     "gradient bucket size in MiB; a full bucket is all-reduced while backward goes on (the first bucket: 1 MiB)")
+    ("accum-steps", po::value(&o.accum_steps)->default_value(o.accum_steps),
+     "backward passes per optimizer step (gradient accumulation; gradients are all-reduced on the last only)")
+    ("find-unused-parameters", po::bool_switch(&o.find_unused_parameters)->default_value(false),
+     "a parameter that gets no gradient counts as zero instead of stopping the run")
+    ("grad-compression", po::value(&o.grad_compression)->default_value(o.grad_compression),
+     "the gradients' dtype on the wire: none, fp16 or bf16");
   // clang-format on
   return desc;
 }
@@ -147,6 +155,10 @@ ParseResult parse_options(int argc, const char* const argv[]) {
   require(o.threads >= 0, "threads", o.threads, "must not be negative (0 means automatic)");
   if (o.backend != "auto" && o.backend != "mpi" && o.backend != "nccl")
     throw UsageError("--backend '" + o.backend + "' is not a backend; choose auto, mpi or nccl");
+  require(o.bucket_cap_mb > 0, "bucket-cap-mb", o.bucket_cap_mb, "must be positive");
+  require(o.accum_steps >= 1, "accum-steps", o.accum_steps, "must be at least 1");
+  if (o.grad_compression != "none" && o.grad_compression != "fp16" && o.grad_compression != "bf16")
+    throw UsageError("--grad-compression '" + o.grad_compression + "' is not known; choose none, fp16 or bf16");
   require(o.comm_timeout >= 0, "comm-timeout", o.comm_timeout, "must not be negative (0 means no limit)");
   if (o.output_dir.empty()) throw UsageError("--output-dir is empty; give a folder for checkpoints and metrics");
   return result;

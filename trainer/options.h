@@ -29,6 +29,10 @@ struct TrainOptions {
   std::string backend = "auto";  // the collective backend: auto (NCCL on GPUs, else MPI), mpi or nccl
   double comm_timeout = 300;     // seconds a collective may take before the job is aborted; 0: no limit
   bool comm_check = false;       // compare tensor sizes across ranks before every collective
+  double bucket_cap_mb = 25;     // DDP: gradient bucket size (the first bucket is 1 MiB)
+  int accum_steps = 1;           // backward passes per optimizer step (all-reduce only on the last)
+  bool find_unused_parameters = false;
+  std::string grad_compression = "none";  // the all-reduce's dtype on the wire: none, fp16 or bf16
   std::string config;
 };
 

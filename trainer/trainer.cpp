@@ -6,8 +6,8 @@
 #include "checkpoint/torch_file.h"
 #include "comm/agreement.h"
 #include "trainer/blas_info.h"
+#include "trainer/distributed_data_parallel.h"
 #include "trainer/distributed_sampler.h"
-#include "trainer/gradient_sync.h"
 #include "trainer/idx_dataset.h"
 #include "trainer/metrics.h"
 #include "trainer/models.h"
@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 
 namespace ddprun::trainer {
@@ -82,7 +83,9 @@ std::string run_fingerprint(const TrainOptions& o, int64_t train_size, int64_t t
   out << "model " << o.model << "\nepochs " << o.epochs << "\nbatch-size " << o.batch_size << "\nlr " << exact(o.lr)
       << "\nmomentum " << exact(o.momentum) << "\nweight-decay " << exact(o.weight_decay) << "\nlr-step-size "
       << o.lr_step_size << "\nlr-gamma " << exact(o.lr_gamma) << "\nseed " << o.seed << "\nstart-epoch "
-      << o.start_epoch << "\nresume " << o.resume << "\nbackend " << o.backend << "\ntraining samples " << train_size
+      << o.start_epoch << "\nresume " << o.resume << "\nbackend " << o.backend << "\nbucket-cap-mb "
+      << exact(o.bucket_cap_mb) << "\naccum-steps " << o.accum_steps << "\nfind-unused-parameters "
+      << o.find_unused_parameters << "\ngrad-compression " << o.grad_compression << "\ntraining samples " << train_size
       << "\ntest samples " << test_size << "\n";
   return out.str();
 }
@@ -205,10 +208,13 @@ class Run {
     start_epoch_ = o_.start_epoch;
     if (!o_.resume.empty()) resume();
 
-    // Every rank starts from rank 0's weights (they differ only if a rank was seeded or resumed differently).
-    std::vector<at::Tensor> state = model_->parameters();
-    for (const auto& b : model_->buffers()) state.push_back(b);
-    broadcast_from_rank0(state, comm_);
+    // Every rank starts from rank 0's weights and buffers (DDP broadcasts them; they differ only if a rank was
+    // seeded or resumed differently); from here on gradients are averaged in buckets during backward.
+    DdpOptions ddp_options;
+    ddp_options.bucket_cap_mb = o_.bucket_cap_mb;
+    ddp_options.find_unused_parameters = o_.find_unused_parameters;
+    ddp_options.compression = parse_grad_compression(o_.grad_compression);
+    ddp_ = std::make_unique<DistributedDataParallel>(model_, comm_, ddp_options);
 
     sampler_ = std::make_unique<DistributedSampler>(train_data_.size(), comm_.rank(), comm_.size(), true, o_.seed);
   }
@@ -268,11 +274,20 @@ class Run {
       auto [images, labels] = make_batch(train_data_, indices);
       images = images.to(device_);
       labels = labels.to(device_);
-      sgd_->zero_grad();
+      // --accum-steps K: K backward passes per optimizer step, all-reduced on the last (the epoch's tail may be a
+      // shorter window); each loss is divided by the window so the step sees the mean over its samples.
+      const int64_t window_start = step - step % o_.accum_steps;
+      const int64_t window = std::min<int64_t>(o_.accum_steps, steps - window_start);
+      const bool steps_now = step - window_start == window - 1;
+      if (step == window_start) sgd_->zero_grad();
+      ddp_->before_forward();
       at::Tensor loss = at::nll_loss(model_->forward(images), labels);
-      loss.backward();
-      average_gradients(params_, comm_);
-      sgd_->step();
+      {
+        std::optional<DistributedDataParallel::NoSync> no_sync;
+        if (!steps_now) no_sync.emplace(*ddp_);
+        (window > 1 ? loss / static_cast<double>(window) : loss).backward();
+      }
+      if (steps_now) sgd_->step();
       loss_sum += loss.item<double>() * static_cast<double>(indices.size(0));
       progress.update(epoch, step, steps, loss_sum / static_cast<double>(begin + indices.size(0)),
                       static_cast<double>((begin + indices.size(0)) * comm_.size()) / seconds_since(start));
@@ -335,6 +350,7 @@ class Run {
   ImageDataset train_data_, test_data_;
   std::shared_ptr<Model> model_;
   std::vector<at::Tensor> params_;
+  std::unique_ptr<DistributedDataParallel> ddp_;
   std::unique_ptr<Sgd> sgd_;
   std::unique_ptr<StepLr> scheduler_;
   std::unique_ptr<DistributedSampler> sampler_;

@@ -23,6 +23,8 @@ case "$case_name" in
   bad_comm_timeout) args=(--comm-timeout -1); code=2; expect="--comm-timeout -1 is out of range: must not be negative" ;;
   # No GPU here: NCCL refuses to start (or this build has none), on every rank, with what to do instead.
   nccl_without_gpu) args=(--backend nccl); code=1; expect="use --backend mpi" ;;
+  bad_accum_steps) args=(--accum-steps 0); code=2; expect="--accum-steps 0 is out of range: must be at least 1" ;;
+  bad_grad_compression) args=(--grad-compression int8); code=2; expect="--grad-compression 'int8' is not known; choose none, fp16 or bf16" ;;
   bad_value)      args=(--lr fast); code=2; expect="the argument ('fast') for option '--lr' is invalid; run ddptrain --help" ;;
   unknown_flag)   args=(--learning-rate 0.1); code=2; expect="unrecognised option '--learning-rate'; run ddptrain --help" ;;
   out_of_range)   args=(-b 0); code=2; expect="--batch-size 0 is out of range: must be at least 1" ;;

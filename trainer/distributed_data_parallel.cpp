@@ -1,0 +1,244 @@
+// DistributedDataParallel: buckets, gradient-accumulator hooks, asynchronous averaged all-reduce during backward.
+#include "trainer/distributed_data_parallel.h"
+
+#include "comm/tensor_text.h"
+
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <algorithm>
+#include <numeric>
+#include <stdexcept>
+
+namespace ddprun::trainer {
+
+GradCompression parse_grad_compression(const std::string& name) {
+  if (name == "none") return GradCompression::None;
+  if (name == "fp16") return GradCompression::Fp16;
+  if (name == "bf16") return GradCompression::Bf16;
+  throw std::invalid_argument("unknown gradient compression '" + name + "'; choose none, fp16 or bf16");
+}
+
+namespace {
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+std::string parameter_line(const std::string& name, const at::Tensor& p) {
+  return name + " " + comm::describe_tensors({p});
+}
+
+}  // namespace
+
+DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Module> module, comm::Communicator& comm,
+                                                 DdpOptions options)
+    : module_(std::move(module)), comm_(comm), options_(options) {
+  for (const auto& item : module_->named_parameters(/*recurse=*/true)) {
+    if (!item.value().requires_grad()) continue;
+    names_.push_back(item.key());
+    params_.push_back(item.value());
+  }
+  for (const at::Tensor& b : module_->buffers(/*recurse=*/true)) buffers_.push_back(b);
+
+  // The same parameters everywhere, or every rank stops here with the first difference.
+  std::string mine;
+  for (size_t i = 0; i < params_.size(); ++i) mine += parameter_line(names_[i], params_[i]) + "\n";
+  const std::vector<std::string> all = comm_.allgather_bytes(mine);
+  for (size_t r = 1; r < all.size(); ++r) {
+    if (all[r] == all[0]) continue;
+    size_t at = 0;
+    while (at < all[0].size() && at < all[r].size() && all[0][at] == all[r][at]) ++at;
+    auto line_at = [&](const std::string& text) {
+      const size_t begin = text.rfind('\n', at == 0 ? 0 : at - 1);
+      const size_t start = begin == std::string::npos || at == 0 ? 0 : begin + 1;
+      const size_t end = text.find('\n', start);
+      return start >= text.size() ? std::string("(no more parameters)") : text.substr(start, end - start);
+    };
+    throw comm::CommError("DistributedDataParallel: rank " + std::to_string(r) +
+                          " has other parameters than rank 0: '" + line_at(all[r]) + "' where rank 0 has '" +
+                          line_at(all[0]) + "'; every rank must build the same model");
+  }
+
+  {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> state;
+    for (const at::Tensor& p : params_) state.push_back(p.detach());
+    for (const at::Tensor& b : buffers_) state.push_back(b.detach());
+    if (comm_.size() > 1 && !state.empty()) comm_.broadcast(state, 0)->wait();
+  }
+
+  std::vector<size_t> reverse(params_.size());
+  std::iota(reverse.rbegin(), reverse.rend(), size_t{0});
+  build_buckets(reverse);
+  install_hooks();
+}
+
+DistributedDataParallel::~DistributedDataParallel() {
+  for (auto& [node, key] : hooks_) node->del_post_hook(key);
+  for (Bucket& b : buckets_)
+    if (b.work) b.work->wait();
+}
+
+std::vector<std::vector<size_t>> DistributedDataParallel::bucket_layout() const {
+  std::vector<std::vector<size_t>> layout;
+  for (const Bucket& b : buckets_) layout.push_back(b.params);
+  return layout;
+}
+
+void DistributedDataParallel::build_buckets(const std::vector<size_t>& order) {
+  at::NoGradGuard no_grad;
+  const double first_cap = std::min(options_.first_bucket_mb, options_.bucket_cap_mb) * kMiB;
+  const double cap = options_.bucket_cap_mb * kMiB;
+  std::vector<Bucket> buckets;
+  double bytes = 0;
+  for (size_t i : order) {
+    const at::Tensor& p = params_[i];
+    const bool fits = !buckets.empty() && bytes + double(p.nbytes()) <= (buckets.size() == 1 ? first_cap : cap) &&
+                      params_[buckets.back().params.front()].options().type_equal(p.options());
+    if (!fits) {
+      buckets.emplace_back();
+      bytes = 0;
+    }
+    buckets.back().params.push_back(i);
+    bytes += double(p.nbytes());
+  }
+  bucket_of_.assign(params_.size(), 0);
+  views_.assign(params_.size(), at::Tensor());
+  for (size_t b = 0; b < buckets.size(); ++b) {
+    Bucket& bucket = buckets[b];
+    int64_t count = 0;
+    for (size_t i : bucket.params) count += params_[i].numel();
+    bucket.data = at::zeros({count}, params_[bucket.params.front()].options());
+    int64_t offset = 0;
+    for (size_t i : bucket.params) {
+      at::Tensor& p = params_[i];
+      at::Tensor view = bucket.data.narrow(0, offset, p.numel()).view(p.sizes());
+      if (p.grad().defined()) view.copy_(p.grad());
+      p.mutable_grad() = view;  // AccumulateGrad adds into the bucket from now on
+      views_[i] = view;
+      bucket_of_[i] = b;
+      offset += p.numel();
+    }
+    bucket.pending = bucket.params.size();
+  }
+  buckets_ = std::move(buckets);
+  ready_.assign(params_.size(), false);
+  next_bucket_ = 0;
+}
+
+void DistributedDataParallel::install_hooks() {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    std::shared_ptr<torch::autograd::Node> accumulator = torch::autograd::impl::grad_accumulator(params_[i]);
+    const uintptr_t key = accumulator->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+        [this, i](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
+          mark_ready(i);
+          return outputs;
+        }));
+    hooks_.emplace_back(std::move(accumulator), key);
+  }
+}
+
+void DistributedDataParallel::before_forward() {
+  if (!options_.broadcast_buffers || buffers_.empty() || comm_.size() == 1) return;
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> detached;
+  for (const at::Tensor& b : buffers_) detached.push_back(b.detach());
+  comm_.broadcast(detached, 0)->wait();
+}
+
+void DistributedDataParallel::mark_ready(size_t i) {
+  if (!sync_) return;
+  if (!backward_started_) {
+    backward_started_ = true;
+    torch::autograd::Engine::get_default_engine().queue_callback([this] { finish_backward(); });
+  }
+  if (ready_[i]) return;
+  ready_[i] = true;
+  if (!rebuilt_) ready_order_.push_back(i);
+  if (!params_[i].grad().is_same(views_[i])) {
+    // Someone replaced .grad (set it to None, say): bring it back into the bucket.
+    at::NoGradGuard no_grad;
+    views_[i].copy_(params_[i].grad());
+    params_[i].mutable_grad() = views_[i];
+  }
+  Bucket& bucket = buckets_[bucket_of_[i]];
+  if (--bucket.pending == 0) launch_ready_buckets();
+}
+
+void DistributedDataParallel::launch_ready_buckets() {
+  // In index order on every rank: the ranks' collectives must line up, whatever order their gradients came in.
+  while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].pending == 0) {
+    Bucket& b = buckets_[next_bucket_++];
+    if (options_.compression == GradCompression::None) {
+      b.work = comm_.allreduce(b.data, comm::ReduceOp::Average);
+    } else {
+      b.wire = b.data.to(options_.compression == GradCompression::Fp16 ? at::kHalf : at::kBFloat16);
+      b.work = comm_.allreduce(b.wire, comm::ReduceOp::Average);
+    }
+  }
+}
+
+void DistributedDataParallel::finish_backward() {
+  backward_started_ = false;
+  std::vector<size_t> unused;
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (!ready_[i]) unused.push_back(i);
+  if (!unused.empty() && !options_.find_unused_parameters) {
+    for (Bucket& b : buckets_)
+      if (b.work) b.work->wait();
+    reset_for_next_backward();
+    throw std::runtime_error("DistributedDataParallel: parameter '" + names_[unused.front()] + "'" +
+                             (unused.size() > 1 ? " and " + std::to_string(unused.size() - 1) + " more" : "") +
+                             " got no gradient in this backward, so its bucket cannot be all-reduced; pass "
+                             "--find-unused-parameters (a parameter without a gradient then counts as zero) or use "
+                             "every parameter in forward");
+  }
+  for (size_t i : unused) {  // --find-unused-parameters: their .grad (zero unless accumulated) is reduced as is
+    ready_[i] = true;
+    --buckets_[bucket_of_[i]].pending;
+  }
+  launch_ready_buckets();
+  {
+    at::NoGradGuard no_grad;
+    for (Bucket& b : buckets_) {
+      if (b.work) b.work->wait();
+      b.work.reset();
+      if (b.wire.defined()) {
+        b.data.copy_(b.wire);
+        b.wire = at::Tensor();
+      }
+    }
+  }
+  if (!rebuilt_) {
+    // Rank 0's order (parameters that never became ready go last, in reverse registration order).
+    at::Tensor order = at::empty({static_cast<int64_t>(params_.size())}, at::kLong);
+    int64_t* slots = order.data_ptr<int64_t>();
+    std::vector<bool> listed(params_.size(), false);
+    int64_t n = 0;
+    for (size_t i : ready_order_) {
+      slots[n++] = static_cast<int64_t>(i);
+      listed[i] = true;
+    }
+    for (size_t i = params_.size(); i-- > 0;)
+      if (!listed[i]) slots[n++] = static_cast<int64_t>(i);
+    if (comm_.size() > 1) comm_.broadcast(order, 0)->wait();
+    std::vector<size_t> rebuilt(slots, slots + params_.size());
+    build_buckets(rebuilt);
+    rebuilt_ = true;
+    ready_order_.clear();
+    return;
+  }
+  reset_for_next_backward();
+}
+
+void DistributedDataParallel::reset_for_next_backward() {
+  std::fill(ready_.begin(), ready_.end(), false);
+  for (Bucket& b : buckets_) b.pending = b.params.size();
+  next_bucket_ = 0;
+}
+
+}  // namespace ddprun::trainer
