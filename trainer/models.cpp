@@ -1,9 +1,14 @@
-// The model zoo: mnist_cnn, registered in the order and under the names pytorch/examples uses.
+// The model zoo: mnist_cnn (pytorch/examples' names), mlp, and resnet18 with torchvision's exact parameter and buffer
+// names and registration order (so torchvision.models.resnet18()'s state dict loads into it, and back).
 #include "trainer/models.h"
 
+#include <ATen/ops/adaptive_avg_pool2d.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/max_pool2d.h>
 #include <ATen/ops/relu.h>
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
@@ -43,10 +48,100 @@ at::Tensor MnistCnn::forward(at::Tensor x) {
   return at::log_softmax(x, 1);
 }
 
+// flatten, fc1 = Linear(784, 4096), ReLU, fc2 = Linear(4096, 4096), ReLU, fc3 = Linear(4096, 10), log_softmax:
+// 20 M parameters and little arithmetic per byte of gradient (the communication-heavy case).
+class Mlp : public Model {
+ public:
+  Mlp(int64_t inputs, int64_t classes) {
+    fc1_ = register_module("fc1", torch::nn::Linear(inputs, 4096));
+    fc2_ = register_module("fc2", torch::nn::Linear(4096, 4096));
+    fc3_ = register_module("fc3", torch::nn::Linear(4096, classes));
+  }
+  at::Tensor forward(at::Tensor x) override {
+    x = at::relu(fc1_->forward(x.flatten(1)));
+    x = at::relu(fc2_->forward(x));
+    return at::log_softmax(fc3_->forward(x), 1);
+  }
+
+ private:
+  torch::nn::Linear fc1_{nullptr}, fc2_{nullptr}, fc3_{nullptr};
+};
+
+torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding) {
+  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding).bias(false));
+}
+
+// torchvision's BasicBlock: conv1, bn1, relu, conv2, bn2, downsample (a 1x1 conv and a BatchNorm when the shape
+// changes).
+class BasicBlock : public torch::nn::Module {
+ public:
+  BasicBlock(int64_t in, int64_t out, int64_t stride) {
+    conv1_ = register_module("conv1", conv(in, out, 3, stride, 1));
+    bn1_ = register_module("bn1", torch::nn::BatchNorm2d(out));
+    conv2_ = register_module("conv2", conv(out, out, 3, 1, 1));
+    bn2_ = register_module("bn2", torch::nn::BatchNorm2d(out));
+    if (stride != 1 || in != out)
+      downsample_ = register_module("downsample",
+                                    torch::nn::Sequential(conv(in, out, 1, stride, 0), torch::nn::BatchNorm2d(out)));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor out = at::relu(bn1_->forward(conv1_->forward(x)));
+    out = bn2_->forward(conv2_->forward(out));
+    return at::relu(out + (downsample_ ? downsample_->forward(x) : x));
+  }
+
+ private:
+  torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
+  torch::nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr};
+  torch::nn::Sequential downsample_{nullptr};
+};
+
+// torchvision.models.resnet18: conv1 (7x7, stride 2), bn1, relu, maxpool (3x3, stride 2), layer1..layer4 of two
+// BasicBlocks each (64, 128, 256, 512 channels), adaptive average pool, fc; log_softmax on top for nll_loss (not a
+// parameter, so the state dict is torchvision's). 28x28 images come out of layer4 as 1x1.
+class ResNet18 : public Model {
+ public:
+  ResNet18(int64_t channels, int64_t classes) {
+    conv1_ = register_module("conv1", conv(channels, 64, 7, 2, 3));
+    bn1_ = register_module("bn1", torch::nn::BatchNorm2d(64));
+    int64_t in = 64;
+    const int64_t widths[4] = {64, 128, 256, 512};
+    for (int layer = 0; layer < 4; ++layer) {
+      torch::nn::ModuleList blocks;
+      blocks->push_back(std::make_shared<BasicBlock>(in, widths[layer], layer == 0 ? 1 : 2));
+      blocks->push_back(std::make_shared<BasicBlock>(widths[layer], widths[layer], 1));
+      layers_[layer] = register_module("layer" + std::to_string(layer + 1), blocks);
+      in = widths[layer];
+    }
+    fc_ = register_module("fc", torch::nn::Linear(512, classes));
+  }
+  at::Tensor forward(at::Tensor x) override {
+    x = at::relu(bn1_->forward(conv1_->forward(x)));
+    x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
+    for (auto& blocks : layers_)
+      for (const auto& block : *blocks) x = block->as<BasicBlock>()->forward(x);
+    x = at::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
+    return at::log_softmax(fc_->forward(x), 1);
+  }
+
+ private:
+  torch::nn::Conv2d conv1_{nullptr};
+  torch::nn::BatchNorm2d bn1_{nullptr};
+  torch::nn::ModuleList layers_[4] = {torch::nn::ModuleList(nullptr), torch::nn::ModuleList(nullptr),
+                                      torch::nn::ModuleList(nullptr), torch::nn::ModuleList(nullptr)};
+  torch::nn::Linear fc_{nullptr};
+};
+
 }  // namespace
 
-std::shared_ptr<Model> make_model(const std::string& name) {
-  if (name == "mnist_cnn") return std::make_shared<MnistCnn>();
+std::shared_ptr<Model> make_model(const std::string& name, int64_t channels, int64_t classes) {
+  if (name == "resnet18") return std::make_shared<ResNet18>(channels, classes);
+  if (name == "mlp") return std::make_shared<Mlp>(channels * 28 * 28, classes);
+  if (name == "mnist_cnn") {
+    if (channels != 1 || classes != 10)
+      throw std::invalid_argument("mnist_cnn takes 1-channel 28x28 images and 10 classes");
+    return std::make_shared<MnistCnn>();
+  }
   throw std::invalid_argument("unknown model '" + name + "'");
 }
 

@@ -14,7 +14,7 @@ namespace po = boost::program_options;
 namespace ddprun::trainer {
 
 const std::vector<std::string>& known_models() {
-  static const std::vector<std::string> names{"mnist_cnn"};
+  static const std::vector<std::string> names{"mnist_cnn", "mlp", "resnet18"};
   return names;
 }
 
@@ -34,7 +34,7 @@ po::options_description describe(TrainOptions& o) {
     ("config", po::value(&o.config), "an INI file with any of these options as name = value; flags win over it")
     ("data-path", po::value(&o.data_path)->default_value(o.data_path),
      "folder with the MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)")
-    ("model", po::value(&o.model)->default_value(o.model), "the network: mnist_cnn")
+    ("model", po::value(&o.model)->default_value(o.model), "the network: mnist_cnn, mlp (20 M parameters) or resnet18 (torchvision's)")
     ("epochs", po::value(&o.epochs)->default_value(o.epochs), "number of epochs to train (epochs count from 0)")
     ("batch-size,b", po::value(&o.batch_size)->default_value(o.batch_size), "images per rank per step")
     ("lr", po::value(&o.lr)->default_value(o.lr, "0.05"), "initial learning rate")

@@ -18,7 +18,7 @@ case "$case_name" in
     rm "$work/data/train-images-idx3-ubyte.gz"
     head -c 5000 /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz > "$work/data/train-images-idx3-ubyte.gz"
     args=(--data-path "$work/data"); code=1; expect="train-images-idx3-ubyte.gz' is truncated or corrupt" ;;
-  unknown_model)  args=(--model resnet9000); code=2; expect="--model 'resnet9000' is not a known model; choose one of: mnist_cnn" ;;
+  unknown_model)  args=(--model resnet9000); code=2; expect="--model 'resnet9000' is not a known model; choose one of: mnist_cnn, mlp, resnet18" ;;
   unknown_backend) args=(--backend gloo); code=2; expect="--backend 'gloo' is not a backend; choose auto, mpi or nccl" ;;
   bad_comm_timeout) args=(--comm-timeout -1); code=2; expect="--comm-timeout -1 is out of range: must not be negative" ;;
   # No GPU here: NCCL refuses to start (or this build has none), on every rank, with what to do instead.

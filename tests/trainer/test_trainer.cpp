@@ -1,6 +1,7 @@
 // Unit tests of ddptrain's pieces: flags, IDX files, the distributed sampler (against Python's), SGD (against
 // LibTorch's port of torch.optim.SGD), StepLR (against Python's) and the mnist_cnn state dict.
 #include "checkpoint/module_state.h"
+#include "checkpoint/torch_file.h"
 #include "trainer/distributed_sampler.h"
 #include "trainer/idx_dataset.h"
 #include "trainer/models.h"
@@ -284,6 +285,49 @@ TEST(MnistCnn, HasPytorchExamplesNamesAndShapes) {
   at::Tensor out = model->forward(torch::zeros({3, 1, 28, 28}));
   EXPECT_EQ(out.sizes(), at::IntArrayRef({3, 10}));
   EXPECT_THROW(make_model("nope"), std::invalid_argument);
+}
+
+TEST(Models, MlpIsThreeLinearLayersOfTwentyMillionParameters) {
+  auto model = make_model("mlp");
+  const auto state = ddprun::checkpoint::module_state_dict(*model);
+  std::vector<std::string> names;
+  for (const auto& entry : state.entries()) names.push_back(entry.first.to_string());
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"}));
+  int64_t count = 0;
+  for (const at::Tensor& p : model->parameters()) count += p.numel();
+  EXPECT_EQ(count, 784 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 10 + 10);  // 20 037 642
+  at::Tensor out = model->forward(torch::zeros({3, 1, 28, 28}));
+  EXPECT_EQ(out.sizes(), at::IntArrayRef({3, 10}));
+  EXPECT_TRUE(out.exp().sum(1).allclose(torch::ones({3})));  // log-probabilities
+}
+
+TEST(Models, Resnet18TakesTorchvisionsWeightsAndGivesThemBack) {
+  const fs::path dir = temp_folder("resnet18");
+  const auto expected = python_reference("resnet18_export " + dir.string());
+  ASSERT_EQ(expected.size(), 1u) << "python reference failed (needs python3-torchvision)";
+  auto model = make_model("resnet18", 3, 10);
+  ddprun::checkpoint::load_module_state_dict(*model,
+                                             ddprun::checkpoint::load((dir / "torchvision_resnet18.pth").string()));
+  model->eval();
+  const at::Tensor out =
+      model->forward(torch::linspace(-1, 1, 2 * 3 * 28 * 28, torch::kFloat).view({2, 3, 28, 28})).flatten();
+  ASSERT_EQ(out.numel(), static_cast<int64_t>(expected[0].size()));
+  for (int64_t i = 0; i < out.numel(); ++i) EXPECT_NEAR(out[i].item<double>(), expected[0][i], 1e-4) << i;
+
+  ddprun::checkpoint::save(ddprun::checkpoint::module_state_dict(*model), (dir / "ours.pth").string());
+  const auto verdict = python_reference("resnet18_import " + (dir / "ours.pth").string() + " " +
+                                        (dir / "torchvision_resnet18.pth").string());
+  ASSERT_EQ(verdict.size(), 1u);
+  EXPECT_EQ(verdict[0], std::vector<double>{1}) << "torchvision did not take our state dict back unchanged";
+
+  // 1-channel 28x28 images, as ddptrain feeds it: the same names, conv1 with one input channel.
+  auto gray = make_model("resnet18");
+  int64_t count = 0;
+  for (const at::Tensor& p : gray->parameters()) count += p.numel();
+  EXPECT_EQ(count, 11175370);  // torchvision's resnet18(num_classes=10) with a 1-channel conv1
+  EXPECT_EQ(gray->forward(torch::zeros({2, 1, 28, 28})).sizes(), at::IntArrayRef({2, 10}));
+  fs::remove_all(dir);
 }
 
 TEST(ModuleState, LoadsStrictlyAndSaysWhatDoesNotMatch) {
