@@ -41,6 +41,9 @@ class Work {
   // Completed (successfully or not), without blocking. NCCL: the collective has finished on the GPU; results for
   // non-contiguous tensors are copied into them by wait().
   virtual bool completed() = 0;
+  // When the collective finished (steady clock), for timelines; meaningful once completed(). NCCL: when the host
+  // first noticed (the watchdog looks every 50 ms at most, wait(timeout) at once).
+  virtual std::chrono::steady_clock::time_point finished_at() = 0;
 };
 using WorkHandle = std::shared_ptr<Work>;
 

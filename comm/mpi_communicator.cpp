@@ -207,6 +207,7 @@ class Completion {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       done_ = true;
+      finished_at_ = std::chrono::steady_clock::now();
       error_ = std::move(error);
     }
     cv_.notify_all();
@@ -226,11 +227,16 @@ class Completion {
     std::lock_guard<std::mutex> lock(mutex_);
     return done_;
   }
+  std::chrono::steady_clock::time_point finished_at() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return finished_at_;
+  }
 
  private:
   std::mutex mutex_;
   std::condition_variable cv_;
   bool done_ = false;
+  std::chrono::steady_clock::time_point finished_at_;
   std::exception_ptr error_;
 };
 
@@ -290,6 +296,7 @@ class MpiWork final : public Work {
   void wait() override { op_->completion.wait_for(std::nullopt); }
   bool wait(std::chrono::milliseconds timeout) override { return op_->completion.wait_for(timeout); }
   bool completed() override { return op_->completion.done(); }
+  std::chrono::steady_clock::time_point finished_at() override { return op_->completion.finished_at(); }
 
  private:
   std::shared_ptr<Op> op_;

@@ -141,6 +141,11 @@ struct Collective {
   std::string description;  // "allreduce #7 (sum; 2 tensors: float32[1024], float32[10] (4.0 KiB))"
   cudaEvent_t done = nullptr;
   Clock::time_point issued;
+  std::atomic<int64_t> finished_ns{0};  // steady clock, when the host first saw `done`; 0 before
+  void note_finished() {
+    int64_t expected = 0;
+    finished_ns.compare_exchange_strong(expected, Clock::now().time_since_epoch().count());
+  }
   // What NCCL reads and writes; dropped once the watchdog has seen `done`. Guarded by the communicator's mutex.
   std::vector<at::Tensor> buffers;
 
@@ -186,7 +191,14 @@ class NcclWork final : public Work {
     return true;
   }
 
-  bool completed() override { return query_event(collective_->done) != cudaErrorNotReady; }
+  bool completed() override {
+    const bool done = query_event(collective_->done) != cudaErrorNotReady;
+    if (done) collective_->note_finished();
+    return done;
+  }
+  Clock::time_point finished_at() override {
+    return Clock::time_point(Clock::duration(collective_->finished_ns.load()));
+  }
 
  private:
   // A CUDA error reported by the completion event (the context is then unusable).
@@ -544,6 +556,7 @@ class NcclCommunicator final : public Communicator {
           end_job("rank " + std::to_string(rank_) + ": NCCL " + what +
                   " failed: cudaEventQuery: " + cudaGetErrorString(rc));
         }
+        in_flight_.front()->note_finished();
         in_flight_.front()->buffers.clear();
         in_flight_.pop_front();
       }

@@ -173,6 +173,7 @@ void DistributedDataParallel::launch_ready_buckets() {
   // In index order on every rank: the ranks' collectives must line up, whatever order their gradients came in.
   while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].pending == 0) {
     Bucket& b = buckets_[next_bucket_++];
+    b.ready_at = std::chrono::steady_clock::now();
     if (options_.compression == GradCompression::None) {
       b.work = comm_.allreduce(b.data, comm::ReduceOp::Average);
     } else {
@@ -204,8 +205,13 @@ void DistributedDataParallel::finish_backward() {
   launch_ready_buckets();
   {
     at::NoGradGuard no_grad;
-    for (Bucket& b : buckets_) {
+    for (size_t index = 0; index < buckets_.size(); ++index) {
+      Bucket& b = buckets_[index];
       if (b.work) b.work->wait();
+      if (b.work && options_.on_bucket_done) {
+        const int64_t bytes = b.wire.defined() ? b.wire.nbytes() : b.data.nbytes();
+        options_.on_bucket_done({index, bytes, b.ready_at, b.work->finished_at()});
+      }
       b.work.reset();
       if (b.wire.defined()) {
         b.data.copy_(b.wire);

@@ -13,7 +13,9 @@
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,12 +30,21 @@ enum class GradCompression { None, Fp16, Bf16 };
 // "none", "fp16" or "bf16"; anything else throws std::invalid_argument.
 GradCompression parse_grad_compression(const std::string& name);
 
+// One bucket's all-reduce in one backward: when its last gradient was ready (and it went out) and when it was done.
+struct BucketTiming {
+  size_t bucket;
+  int64_t bytes;  // on the wire
+  std::chrono::steady_clock::time_point ready, done;
+};
+
 struct DdpOptions {
   double bucket_cap_mb = 25;            // later buckets
   double first_bucket_mb = 1;           // the first bucket (the last layers' gradients)
   bool find_unused_parameters = false;  // a parameter without a gradient counts as zero instead of an error
   bool broadcast_buffers = true;        // rank 0's buffers (BatchNorm statistics) reach every rank before each forward
   GradCompression compression = GradCompression::None;  // the dtype of the all-reduce on the wire
+  // Called at the end of each synced backward, once per bucket (for --timeline).
+  std::function<void(const BucketTiming&)> on_bucket_done;
 };
 
 class DistributedDataParallel {
@@ -75,6 +86,7 @@ class DistributedDataParallel {
     at::Tensor wire;             // what travels when compressing
     size_t pending = 0;          // parameters not yet ready in this backward
     comm::WorkHandle work;
+    std::chrono::steady_clock::time_point ready_at;
   };
 
   void build_buckets(const std::vector<size_t>& order);

@@ -69,7 +69,10 @@ po::options_description describe(TrainOptions& o) {
     ("find-unused-parameters", po::bool_switch(&o.find_unused_parameters)->default_value(false),
      "a parameter that gets no gradient counts as zero instead of stopping the run")
     ("grad-compression", po::value(&o.grad_compression)->default_value(o.grad_compression),
-     "the gradients' dtype on the wire: none, fp16 or bf16");
+     "the gradients' dtype on the wire: none, fp16 or bf16")
+    ("timeline", po::value(&o.timeline),
+     "write a Chrome trace (chrome://tracing, ui.perfetto.dev) of rank 0's steps to this file: forward, backward, "
+     "optimizer step, and each bucket's all-reduce from ready to done");
   // clang-format on
   return desc;
 }

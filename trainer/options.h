@@ -32,7 +32,9 @@ struct TrainOptions {
   double bucket_cap_mb = 25;     // DDP: gradient bucket size (the first bucket is 1 MiB)
   int accum_steps = 1;           // backward passes per optimizer step (all-reduce only on the last)
   bool find_unused_parameters = false;
-  std::string grad_compression = "none";  // the all-reduce's dtype on the wire: none, fp16 or bf16
+  std::string grad_compression = "none";
+  std::string timeline;  // a Chrome trace of rank 0's steps, or empty  // the all-reduce's dtype on the wire: none,
+                         // fp16 or bf16
   std::string config;
 };
 

@@ -13,6 +13,7 @@
 #include "trainer/models.h"
 #include "trainer/sgd.h"
 #include "trainer/step_lr.h"
+#include "trainer/timeline.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
@@ -123,7 +124,11 @@ Value args_dict(const TrainOptions& o) {
 class Run {
  public:
   Run(const TrainOptions& options, comm::Communicator& comm, std::string host_memory)
-      : o_(options), comm_(comm), rank0_(comm.rank() == 0), host_memory_(std::move(host_memory)) {}
+      : o_(options),
+        comm_(comm),
+        rank0_(comm.rank() == 0),
+        host_memory_(std::move(host_memory)),
+        timeline_(rank0_ ? options.timeline : std::string(), comm.rank()) {}
 
   void execute() {
     set_up();
@@ -214,6 +219,12 @@ class Run {
     ddp_options.bucket_cap_mb = o_.bucket_cap_mb;
     ddp_options.find_unused_parameters = o_.find_unused_parameters;
     ddp_options.compression = parse_grad_compression(o_.grad_compression);
+    if (timeline_.enabled()) {
+      ddp_options.on_bucket_done = [this](const BucketTiming& t) {
+        timeline_.span("all-reduce bucket " + std::to_string(t.bucket), Timeline::kAllReduce, t.ready, t.done,
+                       "\"bucket\": " + std::to_string(t.bucket) + ", \"bytes\": " + std::to_string(t.bytes));
+      };
+    }
     ddp_ = std::make_unique<DistributedDataParallel>(model_, comm_, ddp_options);
 
     sampler_ = std::make_unique<DistributedSampler>(train_data_.size(), comm_.rank(), comm_.size(), true, o_.seed);
@@ -280,14 +291,23 @@ class Run {
       const int64_t window = std::min<int64_t>(o_.accum_steps, steps - window_start);
       const bool steps_now = step - window_start == window - 1;
       if (step == window_start) sgd_->zero_grad();
+      const auto forward_start = Clock::now();
       ddp_->before_forward();
       at::Tensor loss = at::nll_loss(model_->forward(images), labels);
+      const auto backward_start = Clock::now();
       {
         std::optional<DistributedDataParallel::NoSync> no_sync;
         if (!steps_now) no_sync.emplace(*ddp_);
         (window > 1 ? loss / static_cast<double>(window) : loss).backward();
       }
+      const auto step_start = Clock::now();
       if (steps_now) sgd_->step();
+      if (timeline_.enabled()) {
+        const std::string where = "\"epoch\": " + std::to_string(epoch) + ", \"step\": " + std::to_string(step);
+        timeline_.span("forward", Timeline::kCompute, forward_start, backward_start, where);
+        timeline_.span("backward", Timeline::kCompute, backward_start, step_start, where);
+        if (steps_now) timeline_.span("optimizer step", Timeline::kCompute, step_start, Clock::now(), where);
+      }
       loss_sum += loss.item<double>() * static_cast<double>(indices.size(0));
       progress.update(epoch, step, steps, loss_sum / static_cast<double>(begin + indices.size(0)),
                       static_cast<double>((begin + indices.size(0)) * comm_.size()) / seconds_since(start));
@@ -339,6 +359,7 @@ class Run {
       // train.py does in the same folder) must not rewrite the per-epoch file.
       checkpoint::save(object, o_.output_dir + "/checkpoint.pth");
       append_line(o_.output_dir + "/metrics.jsonl", to_json(m));
+      timeline_.write();  // the steps so far, rewritten after each epoch
     });
   }
 
@@ -346,6 +367,7 @@ class Run {
   comm::Communicator& comm_;
   const bool rank0_;
   const std::string host_memory_;
+  Timeline timeline_;  // --timeline: rank 0's steps
   c10::Device device_{c10::kCPU};
   ImageDataset train_data_, test_data_;
   std::shared_ptr<Model> model_;

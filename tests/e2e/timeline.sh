@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# --timeline writes a Chrome trace of rank 0's steps: forward, backward and optimizer step per step, and per step
+# every bucket's all-reduce (together all of mnist_cnn's gradient bytes), the first bucket going out while backward
+# still runs (the overlap the engine is for).
+set -euo pipefail
+bin=$1
+. "$(dirname "$0")/common.sh"
+mpirun --oversubscribe -np 2 "$bin/ddptrain" --epochs 1 --train-limit 512 --test-limit 64 --threads 1 \
+  --output-dir "$work/out" --timeline "$work/trace.json" > /dev/null
+python3 - "$work/trace.json" <<'PY'
+import collections, json, sys
+trace = json.load(open(sys.argv[1]))
+spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+steps = collections.defaultdict(dict)
+buckets = []
+for e in spans:
+    if e["name"].startswith("all-reduce bucket"):
+        buckets.append(e)
+    else:
+        steps[e["args"]["step"]][e["name"]] = e
+assert len(steps) == 4, f"4 steps expected (512 images / 2 ranks / batch 64), got {len(steps)}"
+for step, names in steps.items():
+    assert set(names) == {"forward", "backward", "optimizer step"}, (step, sorted(names))
+    assert names["forward"]["ts"] <= names["backward"]["ts"] <= names["optimizer step"]["ts"], step
+assert len(buckets) == 4 * 2, f"mnist_cnn has 2 buckets per step, got {len(buckets)} bucket spans"
+per_step = [buckets[i:i + 2] for i in range(0, len(buckets), 2)]
+for spans_of_step in per_step:
+    assert sum(b["args"]["bytes"] for b in spans_of_step) == 1199882 * 4, spans_of_step
+overlapped = 0
+for step, names in steps.items():
+    backward = names["backward"]
+    first = min((b for b in buckets if backward["ts"] <= b["ts"] <= backward["ts"] + backward["dur"]),
+                key=lambda b: b["ts"], default=None)
+    overlapped += first is not None
+assert overlapped == 4, f"a bucket went out during backward in {overlapped} of 4 steps"
+print("PASSED: 4 steps, 8 bucket all-reduces, each step's first bucket sent during backward")
+PY

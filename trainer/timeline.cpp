@@ -1,0 +1,54 @@
+// The Chrome trace writer behind --timeline.
+#include "trainer/timeline.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+namespace ddprun::trainer {
+
+Timeline::Timeline(std::string path, int rank, size_t max_events)
+    : path_(std::move(path)), rank_(rank), max_events_(max_events) {}
+
+void Timeline::span(const std::string& name, Track track, Clock::time_point begin, Clock::time_point end,
+                    const std::string& args) {
+  if (!enabled()) return;
+  if (events_.size() >= max_events_) {
+    ++dropped_;
+    return;
+  }
+  const auto us = [&](Clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::microseconds>(t - origin_).count();
+  };
+  events_.push_back({name, track, us(begin), std::max<int64_t>(us(end) - us(begin), 0), args});
+}
+
+void Timeline::write() const {
+  if (!enabled()) return;
+  const std::string temporary = path_ + ".tmp";
+  {
+    std::ofstream out(temporary);
+    if (!out) throw std::runtime_error("cannot write --timeline '" + path_ + "'; check the folder");
+    const int pid = rank_;
+    out << "{\"displayTimeUnit\": \"ms\", \"otherData\": {\"rank\": " << rank_ << ", \"events_dropped\": " << dropped_
+        << "}, \"traceEvents\": [\n";
+    out << "{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": " << pid << ", \"args\": {\"name\": \"rank " << rank_
+        << "\"}},\n";
+    out << "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": " << pid << ", \"tid\": " << kCompute
+        << ", \"args\": {\"name\": \"compute\"}},\n";
+    out << "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": " << pid << ", \"tid\": " << kAllReduce
+        << ", \"args\": {\"name\": \"all-reduce (ready to done)\"}}";
+    for (const Event& e : events_) {
+      out << ",\n{\"name\": \"" << e.name << "\", \"ph\": \"X\", \"pid\": " << pid << ", \"tid\": " << e.track
+          << ", \"ts\": " << e.begin_us << ", \"dur\": " << e.duration_us << ", \"args\": {" << e.args << "}}";
+    }
+    out << "\n]}\n";
+    if (!out.flush()) throw std::runtime_error("cannot write --timeline '" + path_ + "'; is the disk full?");
+  }
+  std::error_code error;
+  std::filesystem::rename(temporary, path_, error);
+  if (error) throw std::runtime_error("cannot write --timeline '" + path_ + "': " + error.message());
+}
+
+}  // namespace ddprun::trainer

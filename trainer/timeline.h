@@ -1,0 +1,42 @@
+// --timeline FILE: one rank's steps as a Chrome trace (chrome://tracing, ui.perfetto.dev): forward, backward and the
+// optimizer step on one track, each bucket's all-reduce from ready to done on another, so overlap can be seen.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ddprun::trainer {
+
+class Timeline {
+ public:
+  using Clock = std::chrono::steady_clock;
+  enum Track { kCompute = 1, kAllReduce = 2 };
+
+  // An empty path records nothing. Keeps at most `max_events` events (the first ones).
+  Timeline(std::string path, int rank, size_t max_events = 50000);
+  bool enabled() const { return !path_.empty(); }
+
+  // A span [begin, end) on a track; `args` is a JSON object's inside ("\"bucket\": 0") or empty.
+  void span(const std::string& name, Track track, Clock::time_point begin, Clock::time_point end,
+            const std::string& args = "");
+  // Writes the trace (atomically: a temporary file renamed over FILE); throws std::runtime_error naming the path.
+  void write() const;
+
+ private:
+  struct Event {
+    std::string name;
+    Track track;
+    int64_t begin_us, duration_us;
+    std::string args;
+  };
+  std::string path_;
+  int rank_;
+  size_t max_events_;
+  Clock::time_point origin_ = Clock::now();
+  std::vector<Event> events_;
+  size_t dropped_ = 0;
+};
+
+}  // namespace ddprun::trainer
