@@ -19,14 +19,12 @@
 #include <mpi-ext.h>
 
 #include <algorithm>
-#include <atomic>
 #include <climits>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -357,7 +355,8 @@ class MpiCommunicator final : public Communicator {
   int local_size() const override { return local_size_; }
   std::string backend_name() const override {
     return std::string("mpi (") + thread_level_name(thread_level_) + ", " +
-           (mpi_is_cuda_aware() ? "CUDA-aware, " : "") + "segments of " + describe_bytes(options_.segment_bytes) + ")";
+           (mpi_is_cuda_aware() ? "CUDA-aware, " : "not CUDA-aware, ") + "segments of " +
+           describe_bytes(options_.segment_bytes) + ")";
   }
   const CommOptions& options() const override { return options_; }
 

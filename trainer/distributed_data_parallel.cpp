@@ -2,6 +2,7 @@
 #include "trainer/distributed_data_parallel.h"
 
 #include "comm/tensor_text.h"
+#include "trainer/first_difference.h"
 
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
@@ -42,7 +43,7 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
     names_.push_back(item.key());
     params_.push_back(item.value());
   }
-  for (const at::Tensor& b : module_->buffers(/*recurse=*/true)) buffers_.push_back(b);
+  for (const at::Tensor& b : module_->buffers(/*recurse=*/true)) buffers_.push_back(b.detach());  // same storage
 
   // The same parameters everywhere, or every rank stops here with the first difference.
   std::string mine;
@@ -50,24 +51,17 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
   const std::vector<std::string> all = comm_.allgather_bytes(mine);
   for (size_t r = 1; r < all.size(); ++r) {
     if (all[r] == all[0]) continue;
-    size_t at = 0;
-    while (at < all[0].size() && at < all[r].size() && all[0][at] == all[r][at]) ++at;
-    auto line_at = [&](const std::string& text) {
-      const size_t begin = text.rfind('\n', at == 0 ? 0 : at - 1);
-      const size_t start = begin == std::string::npos || at == 0 ? 0 : begin + 1;
-      const size_t end = text.find('\n', start);
-      return start >= text.size() ? std::string("(no more parameters)") : text.substr(start, end - start);
-    };
+    const auto [theirs, rank0s] = first_different_lines(all[r], all[0]);
     throw comm::CommError("DistributedDataParallel: rank " + std::to_string(r) +
-                          " has other parameters than rank 0: '" + line_at(all[r]) + "' where rank 0 has '" +
-                          line_at(all[0]) + "'; every rank must build the same model");
+                          " has other parameters than rank 0: '" + theirs + "' where rank 0 has '" + rank0s +
+                          "'; every rank must build the same model");
   }
 
   {
     at::NoGradGuard no_grad;
     std::vector<at::Tensor> state;
     for (const at::Tensor& p : params_) state.push_back(p.detach());
-    for (const at::Tensor& b : buffers_) state.push_back(b.detach());
+    state.insert(state.end(), buffers_.begin(), buffers_.end());
     if (comm_.size() > 1 && !state.empty()) comm_.broadcast(state, 0)->wait();
   }
 
@@ -144,10 +138,7 @@ void DistributedDataParallel::install_hooks() {
 
 void DistributedDataParallel::before_forward() {
   if (!options_.broadcast_buffers || buffers_.empty() || comm_.size() == 1) return;
-  at::NoGradGuard no_grad;
-  std::vector<at::Tensor> detached;
-  for (const at::Tensor& b : buffers_) detached.push_back(b.detach());
-  comm_.broadcast(detached, 0)->wait();
+  comm_.broadcast(buffers_, 0)->wait();
 }
 
 void DistributedDataParallel::mark_ready(size_t i) {

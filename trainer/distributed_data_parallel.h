@@ -77,7 +77,6 @@ class DistributedDataParallel {
   // Parameter indices (registration order) per bucket, in all-reduce order.
   std::vector<std::vector<size_t>> bucket_layout() const;
   bool buckets_rebuilt() const { return rebuilt_; }
-  const std::vector<at::Tensor>& parameters() const { return params_; }
 
  private:
   struct Bucket {
@@ -101,7 +100,7 @@ class DistributedDataParallel {
   DdpOptions options_;
   std::vector<at::Tensor> params_;
   std::vector<std::string> names_;
-  std::vector<at::Tensor> buffers_;
+  std::vector<at::Tensor> buffers_;  // detached: they share the module's storage
   std::vector<Bucket> buckets_;
   std::vector<size_t> bucket_of_;    // parameter -> bucket
   std::vector<at::Tensor> views_;    // parameter -> its .grad, a view into its bucket

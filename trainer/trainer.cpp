@@ -8,6 +8,7 @@
 #include "trainer/blas_info.h"
 #include "trainer/distributed_data_parallel.h"
 #include "trainer/distributed_sampler.h"
+#include "trainer/first_difference.h"
 #include "trainer/idx_dataset.h"
 #include "trainer/metrics.h"
 #include "trainer/models.h"
@@ -93,13 +94,10 @@ std::string run_fingerprint(const TrainOptions& o, int64_t train_size, int64_t t
 
 // The first line where two fingerprints differ, as "name: A vs B".
 std::string first_difference(const std::string& ours, const std::string& theirs) {
-  std::istringstream a(ours), b(theirs);
-  for (std::string la, lb; std::getline(a, la) && std::getline(b, lb);) {
-    if (la == lb) continue;
-    const size_t cut = la.rfind(' ');
-    return la.substr(0, cut) + " is " + la.substr(cut + 1) + " here but " + lb.substr(lb.rfind(' ') + 1) + " on rank 0";
-  }
-  return "the runs differ";
+  const auto [la, lb] = first_different_lines(ours, theirs);
+  if (la.empty() || la.rfind(' ') == std::string::npos || lb.rfind(' ') == std::string::npos) return "the runs differ";
+  const size_t cut = la.rfind(' ');
+  return la.substr(0, cut) + " is " + la.substr(cut + 1) + " here but " + lb.substr(lb.rfind(' ') + 1) + " on rank 0";
 }
 
 Value args_dict(const TrainOptions& o) {

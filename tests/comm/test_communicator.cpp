@@ -2,6 +2,7 @@
 // every reduction and dtype, against values computed by hand; async handles; the shape check; refused arguments.
 #include "comm/agreement.h"
 #include "comm/communicator.h"
+#include "comm/factory.h"
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
@@ -268,11 +269,35 @@ TEST(CommOptions, ReadFromTheEnvironment) {
   EXPECT_EQ(options.timeout.count(), 2500);
   EXPECT_TRUE(options.check_shapes);
   EXPECT_EQ(options.segment_bytes, 65536);
+  unsetenv("DDPRUN_COMM_CHECK");  // the default: on in builds without NDEBUG (like this test's)
+#ifdef NDEBUG
+  EXPECT_FALSE(ddprun::comm::comm_options_from_env().check_shapes);
+#else
+  EXPECT_TRUE(ddprun::comm::comm_options_from_env().check_shapes);
+#endif
   setenv("DDPRUN_COMM_TIMEOUT", "soon", 1);
   EXPECT_THROW(ddprun::comm::comm_options_from_env(), std::invalid_argument);
   unsetenv("DDPRUN_COMM_TIMEOUT");
   unsetenv("DDPRUN_COMM_CHECK");
   unsetenv("DDPRUN_COMM_SEGMENT_BYTES");
+}
+
+TEST(Factory, PicksMpiForCpuRanksAndParsesBackendNames) {
+  EXPECT_EQ(ddprun::comm::parse_backend("auto"), ddprun::comm::Backend::Auto);
+  EXPECT_EQ(ddprun::comm::parse_backend("nccl"), ddprun::comm::Backend::Nccl);
+  EXPECT_THROW(ddprun::comm::parse_backend("gloo"), std::invalid_argument);
+  EXPECT_FALSE(ddprun::comm::uses_nccl(ddprun::comm::Backend::Auto, c10::DeviceType::CPU));
+  EXPECT_FALSE(ddprun::comm::uses_nccl(ddprun::comm::Backend::Mpi, c10::DeviceType::CUDA));
+  EXPECT_TRUE(ddprun::comm::uses_nccl(ddprun::comm::Backend::Nccl, c10::DeviceType::CPU));
+  // Auto on a GPU means NCCL exactly when this build has it (without it, MPI carries CUDA tensors via the host).
+  EXPECT_EQ(ddprun::comm::uses_nccl(ddprun::comm::Backend::Auto, c10::DeviceType::CUDA),
+            ddprun::comm::nccl_compiled_in());
+  auto made = ddprun::comm::make_communicator(ddprun::comm::Backend::Auto, c10::DeviceType::CPU, CommOptions{});
+  EXPECT_EQ(made->backend_name().rfind("mpi (", 0), 0u) << made->backend_name();
+  EXPECT_EQ(made->size(), comm().size());
+  at::Tensor one = at::ones({2}, at::kFloat);
+  made->allreduce(one, ReduceOp::Sum)->wait();
+  EXPECT_TRUE(one.equal(at::full({2}, double(comm().size()), at::kFloat)));
 }
 
 TEST(Agreement, EveryRankLearnsTheLowestFailingRankAndItsMessage) {
