@@ -2,6 +2,8 @@
 #include "trainer/options.h"
 
 #include "comm/comm_options.h"
+#include "trainer/lr_scheduler.h"
+#include "trainer/optimizer.h"
 
 #include <boost/program_options.hpp>
 
@@ -38,12 +40,25 @@ po::options_description describe(TrainOptions& o) {
     ("epochs", po::value(&o.epochs)->default_value(o.epochs), "number of epochs to train (epochs count from 0)")
     ("batch-size,b", po::value(&o.batch_size)->default_value(o.batch_size), "images per rank per step")
     ("lr", po::value(&o.lr)->default_value(o.lr, "0.05"), "initial learning rate")
+    ("opt", po::value(&o.opt)->default_value(o.opt),
+     "the optimizer: sgd, sgd_nesterov or adamw (AdamW with PyTorch's default betas and eps)")
     ("momentum", po::value(&o.momentum)->default_value(o.momentum, "0.9"), "SGD momentum")
-    ("weight-decay", po::value(&o.weight_decay)->default_value(o.weight_decay, "0.0001"), "SGD weight decay")
+    ("weight-decay", po::value(&o.weight_decay)->default_value(o.weight_decay, "0.0001"),
+     "weight decay (SGD: L2 added to the gradient; AdamW: decoupled)")
     ("wd", po::value<double>(), "the same as --weight-decay")
+    ("lr-scheduler", po::value(&o.lr_scheduler)->default_value(o.lr_scheduler),
+     "the learning-rate schedule, stepped after each epoch: steplr or cosineannealinglr")
     ("lr-step-size", po::value(&o.lr_step_size)->default_value(o.lr_step_size),
      "StepLR: multiply the learning rate by --lr-gamma every this many epochs")
     ("lr-gamma", po::value(&o.lr_gamma)->default_value(o.lr_gamma, "0.1"), "StepLR: the factor")
+    ("lr-min", po::value(&o.lr_min)->default_value(o.lr_min, "0"),
+     "CosineAnnealingLR: the rate it ends at (eta_min); it anneals over --epochs minus the warm-up")
+    ("lr-warmup-epochs", po::value(&o.lr_warmup_epochs)->default_value(o.lr_warmup_epochs),
+     "epochs of warm-up before the schedule (SequentialLR, as torchvision does it)")
+    ("lr-warmup-method", po::value(&o.lr_warmup_method)->default_value(o.lr_warmup_method),
+     "the warm-up: linear (LinearLR from --lr-warmup-decay x lr to lr) or constant (ConstantLR at --lr-warmup-decay x lr)")
+    ("lr-warmup-decay", po::value(&o.lr_warmup_decay)->default_value(o.lr_warmup_decay, "0.01"),
+     "the warm-up's starting factor of the learning rate")
     ("output-dir", po::value(&o.output_dir)->default_value(o.output_dir),
      "where rank 0 writes checkpoint.pth, model_<epoch>.pth and metrics.jsonl")
     ("resume", po::value(&o.resume), "a checkpoint to continue from (every rank loads it onto its own device)")
@@ -75,6 +90,14 @@ po::options_description describe(TrainOptions& o) {
      "optimizer step, and each bucket's all-reduce from ready to done");
   // clang-format on
   return desc;
+}
+
+void require_one_of(const char* flag, const std::string& value, const std::vector<std::string>& known,
+                    const char* what) {
+  if (std::find(known.begin(), known.end(), value) != known.end()) return;
+  std::string list;
+  for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+  throw UsageError(std::string("--") + flag + " '" + value + "' is not a known " + what + "; choose one of: " + list);
 }
 
 template <typename T>
@@ -138,19 +161,24 @@ ParseResult parse_options(int argc, const char* const argv[]) {
     }
   }
 
-  const auto& models = known_models();
-  if (std::find(models.begin(), models.end(), o.model) == models.end()) {
-    std::string list;
-    for (const auto& m : models) list += (list.empty() ? "" : ", ") + m;
-    throw UsageError("--model '" + o.model + "' is not a known model; choose one of: " + list);
-  }
+  require_one_of("model", o.model, known_models(), "model");
+  require_one_of("opt", o.opt, known_optimizers(), "optimizer");
+  require_one_of("lr-scheduler", o.lr_scheduler, known_lr_schedulers(), "learning-rate scheduler");
+  require_one_of("lr-warmup-method", o.lr_warmup_method, known_warmup_methods(), "warm-up method");
   require(o.epochs >= 1, "epochs", o.epochs, "must be at least 1");
   require(o.batch_size >= 1, "batch-size", o.batch_size, "must be at least 1");
   require(o.lr > 0, "lr", o.lr, "must be positive");
   require(o.momentum >= 0 && o.momentum < 1, "momentum", o.momentum, "must be in [0, 1)");
+  if (o.opt == "sgd_nesterov") require(o.momentum > 0, "momentum", o.momentum, "must be positive for sgd_nesterov");
   require(o.weight_decay >= 0, "weight-decay", o.weight_decay, "must not be negative");
   require(o.lr_step_size >= 1, "lr-step-size", o.lr_step_size, "must be at least 1");
   require(o.lr_gamma > 0, "lr-gamma", o.lr_gamma, "must be positive");
+  require(o.lr_min >= 0, "lr-min", o.lr_min, "must not be negative");
+  require(o.lr_warmup_epochs >= 0, "lr-warmup-epochs", o.lr_warmup_epochs, "must not be negative");
+  require(o.lr_warmup_decay > 0 && o.lr_warmup_decay <= 1, "lr-warmup-decay", o.lr_warmup_decay, "must be in (0, 1]");
+  if (o.lr_scheduler == "cosineannealinglr" && o.lr_warmup_epochs >= o.epochs)
+    throw UsageError("--lr-warmup-epochs " + std::to_string(o.lr_warmup_epochs) + " leaves no epoch of --epochs " +
+                     std::to_string(o.epochs) + " for cosineannealinglr; warm up for fewer epochs");
   require(o.seed >= 0, "seed", o.seed, "must not be negative");
   require(o.start_epoch >= 0, "start-epoch", o.start_epoch, "must not be negative");
   require(o.train_limit >= 0, "train-limit", o.train_limit, "must not be negative (0 means all)");

@@ -15,10 +15,16 @@ struct TrainOptions {
   int epochs = 5;
   int batch_size = 64;  // per rank
   double lr = 0.05;
+  std::string opt = "sgd";  // sgd, sgd_nesterov or adamw
   double momentum = 0.9;
   double weight_decay = 1e-4;
+  std::string lr_scheduler = "steplr";  // steplr or cosineannealinglr
   int lr_step_size = 3;
   double lr_gamma = 0.1;
+  double lr_min = 0;  // CosineAnnealingLR's eta_min
+  int lr_warmup_epochs = 0;
+  std::string lr_warmup_method = "constant";  // linear or constant, as torchvision's default
+  double lr_warmup_decay = 0.01;
   std::string output_dir = ".";
   std::string resume;  // a checkpoint path, or empty
   int start_epoch = 0;
@@ -32,9 +38,8 @@ struct TrainOptions {
   double bucket_cap_mb = 25;     // DDP: gradient bucket size (the first bucket is 1 MiB)
   int accum_steps = 1;           // backward passes per optimizer step (all-reduce only on the last)
   bool find_unused_parameters = false;
-  std::string grad_compression = "none";
-  std::string timeline;  // a Chrome trace of rank 0's steps, or empty  // the all-reduce's dtype on the wire: none,
-                         // fp16 or bf16
+  std::string grad_compression = "none";  // the all-reduce's dtype on the wire: none, fp16 or bf16
+  std::string timeline;                   // a Chrome trace of rank 0's steps, or empty
   std::string config;
 };
 

@@ -11,11 +11,10 @@ namespace ddprun::trainer {
 using checkpoint::Value;
 
 Sgd::Sgd(std::vector<at::Tensor> params, SgdOptions options)
-    : params_(std::move(params)),
+    : Optimizer(std::move(params), options.lr),
       momentum_buffers_(params_.size()),
       stepped_(params_.size(), false),
-      options_(options),
-      initial_lr_(options.lr) {
+      options_(options) {
   if (options_.nesterov && (options_.momentum <= 0 || options_.dampening != 0))
     throw std::invalid_argument("SGD: Nesterov momentum requires a momentum and zero dampening");
 }
@@ -37,14 +36,8 @@ void Sgd::step() {
       }
       d_p = options_.nesterov ? d_p.add(buf, options_.momentum) : buf;
     }
-    p.add_(d_p, -options_.lr);
+    p.add_(d_p, -lr_);
     stepped_[i] = true;
-  }
-}
-
-void Sgd::zero_grad() {
-  for (at::Tensor& p : params_) {
-    if (p.grad().defined()) p.mutable_grad().zero_();
   }
 }
 
@@ -55,59 +48,34 @@ Value Sgd::state_dict() const {
     Value buffer = momentum_buffers_[i].defined() ? Value(momentum_buffers_[i]) : Value();
     state.set(static_cast<int64_t>(i), Value::dict({{"momentum_buffer", buffer}}));
   }
-  Value indices = Value::list();
-  for (size_t i = 0; i < params_.size(); ++i) indices.append(static_cast<int64_t>(i));
-  Value group = Value::dict({{"lr", options_.lr},
+  Value group = Value::dict({{"lr", lr_},
                              {"momentum", options_.momentum},
                              {"dampening", options_.dampening},
                              {"weight_decay", options_.weight_decay},
                              {"nesterov", options_.nesterov},
                              {"maximize", false},
                              {"foreach", Value()},
-                             {"differentiable", false},
-                             {"initial_lr", initial_lr_},
-                             {"params", indices}});
-  return Value::dict({{"state", state}, {"param_groups", Value::list({group})}});
+                             {"differentiable", false}});
+  return pack_state_dict(state, group);
 }
 
 void Sgd::load_state_dict(const Value& saved) {
-  const auto& groups = saved.at("param_groups").items();
-  if (groups.size() != 1)
-    throw std::runtime_error("optimizer state has " + std::to_string(groups.size()) +
-                             " parameter groups; ddptrain uses one");
-  const Value& group = groups[0];
-  const size_t saved_params = group.at("params").items().size();
-  if (saved_params != params_.size())
-    throw std::runtime_error("optimizer state is for " + std::to_string(saved_params) + " parameters, the model has " +
-                             std::to_string(params_.size()));
-  if (group.find("maximize") && group.at("maximize").to_bool())
-    throw std::runtime_error("optimizer state has maximize=True, which ddptrain's SGD does not support");
-
+  const Value& group = load_group(saved, "SGD", "momentum");
   SgdOptions restored;
-  restored.lr = group.at("lr").to_double();
   restored.momentum = group.at("momentum").to_double();
   restored.dampening = group.at("dampening").to_double();
   restored.weight_decay = group.at("weight_decay").to_double();
   restored.nesterov = group.at("nesterov").to_bool();
-  const Value* initial = group.find("initial_lr");
 
   std::vector<at::Tensor> buffers(params_.size());
   std::vector<bool> stepped(params_.size(), false);
-  for (const auto& [key, entry] : saved.at("state").entries()) {
-    const int64_t i = key.to_int();
-    if (i < 0 || i >= static_cast<int64_t>(params_.size()))
-      throw std::runtime_error("optimizer state names parameter " + std::to_string(i) + ", which does not exist");
+  for (const auto& [i, entry] : load_entries(saved)) {
     stepped[i] = true;
-    const Value* buffer = entry.find("momentum_buffer");
-    if (buffer == nullptr || buffer->is_none()) continue;
-    const at::Tensor& t = buffer->to_tensor();
-    if (!t.sizes().equals(params_[i].sizes()))
-      throw std::runtime_error("optimizer momentum buffer " + std::to_string(i) + " has shape " + c10::str(t.sizes()) +
-                               ", parameter has " + c10::str(params_[i].sizes()));
-    buffers[i] = t.to(params_[i].options()).clone();
+    const Value* buffer = entry->find("momentum_buffer");
+    if (buffer != nullptr && !buffer->is_none()) buffers[i] = restore_like(i, buffer->to_tensor(), "momentum buffer");
   }
   options_ = restored;
-  initial_lr_ = initial ? initial->to_double() : restored.lr;
+  restore_lr(group);
   momentum_buffers_ = std::move(buffers);
   stepped_ = std::move(stepped);
 }

@@ -10,10 +10,10 @@
 #include "trainer/distributed_sampler.h"
 #include "trainer/first_difference.h"
 #include "trainer/idx_dataset.h"
+#include "trainer/lr_scheduler.h"
 #include "trainer/metrics.h"
 #include "trainer/models.h"
-#include "trainer/sgd.h"
-#include "trainer/step_lr.h"
+#include "trainer/optimizer.h"
 #include "trainer/timeline.h"
 
 #include <ATen/Parallel.h>
@@ -83,12 +83,14 @@ std::string run_fingerprint(const TrainOptions& o, int64_t train_size, int64_t t
   };
   std::ostringstream out;
   out << "model " << o.model << "\nepochs " << o.epochs << "\nbatch-size " << o.batch_size << "\nlr " << exact(o.lr)
-      << "\nmomentum " << exact(o.momentum) << "\nweight-decay " << exact(o.weight_decay) << "\nlr-step-size "
-      << o.lr_step_size << "\nlr-gamma " << exact(o.lr_gamma) << "\nseed " << o.seed << "\nstart-epoch "
-      << o.start_epoch << "\nresume " << o.resume << "\nbackend " << o.backend << "\nbucket-cap-mb "
-      << exact(o.bucket_cap_mb) << "\naccum-steps " << o.accum_steps << "\nfind-unused-parameters "
-      << o.find_unused_parameters << "\ngrad-compression " << o.grad_compression << "\ntraining samples " << train_size
-      << "\ntest samples " << test_size << "\n";
+      << "\nopt " << o.opt << "\nmomentum " << exact(o.momentum) << "\nweight-decay " << exact(o.weight_decay)
+      << "\nlr-scheduler " << o.lr_scheduler << "\nlr-step-size " << o.lr_step_size << "\nlr-gamma "
+      << exact(o.lr_gamma) << "\nlr-min " << exact(o.lr_min) << "\nlr-warmup-epochs " << o.lr_warmup_epochs
+      << "\nlr-warmup-method " << o.lr_warmup_method << "\nlr-warmup-decay " << exact(o.lr_warmup_decay) << "\nseed "
+      << o.seed << "\nstart-epoch " << o.start_epoch << "\nresume " << o.resume << "\nbackend " << o.backend
+      << "\nbucket-cap-mb " << exact(o.bucket_cap_mb) << "\naccum-steps " << o.accum_steps
+      << "\nfind-unused-parameters " << o.find_unused_parameters << "\ngrad-compression " << o.grad_compression
+      << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
   return out.str();
 }
 
@@ -106,10 +108,16 @@ Value args_dict(const TrainOptions& o) {
                       {"epochs", o.epochs},
                       {"batch_size", o.batch_size},
                       {"lr", o.lr},
+                      {"opt", o.opt},
                       {"momentum", o.momentum},
                       {"weight_decay", o.weight_decay},
+                      {"lr_scheduler", o.lr_scheduler},
                       {"lr_step_size", o.lr_step_size},
                       {"lr_gamma", o.lr_gamma},
+                      {"lr_min", o.lr_min},
+                      {"lr_warmup_epochs", o.lr_warmup_epochs},
+                      {"lr_warmup_method", o.lr_warmup_method},
+                      {"lr_warmup_decay", o.lr_warmup_decay},
                       {"output_dir", o.output_dir},
                       {"resume", o.resume},
                       {"start_epoch", o.start_epoch},
@@ -139,10 +147,10 @@ class Run {
       EpochMetrics m;
       m.epoch = epoch;
       m.world_size = comm_.size();
-      m.lr = sgd_->lr();
+      m.lr = optimizer_->lr();
       const auto start = Clock::now();
       train_one_epoch(epoch, m);
-      sgd_->set_lr(scheduler_->step());
+      scheduler_->step();
       m.test_acc1 = evaluate();
       m.epoch_seconds = seconds_since(start);
       if (rank0_) {
@@ -202,12 +210,22 @@ class Run {
     model_ = make_model(o_.model);
     model_->to(device_);
     params_ = model_->parameters();
-    SgdOptions sgd_options;
-    sgd_options.lr = o_.lr;
-    sgd_options.momentum = o_.momentum;
-    sgd_options.weight_decay = o_.weight_decay;
-    sgd_ = std::make_unique<Sgd>(params_, sgd_options);
-    scheduler_ = std::make_unique<StepLr>(o_.lr, o_.lr_step_size, o_.lr_gamma);
+    OptimizerOptions optimizer_options;
+    optimizer_options.name = o_.opt;
+    optimizer_options.lr = o_.lr;
+    optimizer_options.momentum = o_.momentum;
+    optimizer_options.weight_decay = o_.weight_decay;
+    optimizer_ = make_optimizer(params_, optimizer_options);
+    LrScheduleOptions schedule;
+    schedule.name = o_.lr_scheduler;
+    schedule.epochs = o_.epochs;
+    schedule.step_size = o_.lr_step_size;
+    schedule.gamma = o_.lr_gamma;
+    schedule.lr_min = o_.lr_min;
+    schedule.warmup_epochs = o_.lr_warmup_epochs;
+    schedule.warmup_method = o_.lr_warmup_method;
+    schedule.warmup_decay = o_.lr_warmup_decay;
+    scheduler_ = make_lr_schedule(*optimizer_, schedule);
     start_epoch_ = o_.start_epoch;
     if (!o_.resume.empty()) resume();
 
@@ -248,7 +266,7 @@ class Run {
                                      "' entry (expected model, optimizer, lr_scheduler, epoch)");
         }
         checkpoint::load_module_state_dict(*model_, saved.at("model"));
-        sgd_->load_state_dict(saved.at("optimizer"));
+        optimizer_->load_state_dict(saved.at("optimizer"));
         scheduler_->load_state_dict(saved.at("lr_scheduler"));
         start_epoch_ = static_cast<int>(saved.at("epoch").to_int()) + 1;
       } catch (const checkpoint::CheckpointError& e) {
@@ -259,7 +277,7 @@ class Run {
     });
     if (rank0_) {
       std::printf("ddptrain: resumed from %s: continuing at epoch %d with lr %.6g\n", o_.resume.c_str(), start_epoch_,
-                  sgd_->lr());
+                  optimizer_->lr());
       std::fflush(stdout);
     }
   }
@@ -288,7 +306,7 @@ class Run {
       const int64_t window_start = step - step % o_.accum_steps;
       const int64_t window = std::min<int64_t>(o_.accum_steps, steps - window_start);
       const bool steps_now = step - window_start == window - 1;
-      if (step == window_start) sgd_->zero_grad();
+      if (step == window_start) optimizer_->zero_grad();
       const auto forward_start = Clock::now();
       ddp_->before_forward();
       at::Tensor loss = at::nll_loss(model_->forward(images), labels);
@@ -299,7 +317,7 @@ class Run {
         (window > 1 ? loss / static_cast<double>(window) : loss).backward();
       }
       const auto step_start = Clock::now();
-      if (steps_now) sgd_->step();
+      if (steps_now) optimizer_->step();
       if (timeline_.enabled()) {
         const std::string where = "\"epoch\": " + std::to_string(epoch) + ", \"step\": " + std::to_string(step);
         timeline_.span("forward", Timeline::kCompute, forward_start, backward_start, where);
@@ -347,7 +365,7 @@ class Run {
       if (!rank0_) return;
       create_output_dir();
       const Value object = Value::dict({{"model", checkpoint::module_state_dict(*model_)},
-                                        {"optimizer", sgd_->state_dict()},
+                                        {"optimizer", optimizer_->state_dict()},
                                         {"lr_scheduler", scheduler_->state_dict()},
                                         {"epoch", static_cast<int64_t>(epoch)},
                                         {"args", args_dict(o_)}});
@@ -371,8 +389,8 @@ class Run {
   std::shared_ptr<Model> model_;
   std::vector<at::Tensor> params_;
   std::unique_ptr<DistributedDataParallel> ddp_;
-  std::unique_ptr<Sgd> sgd_;
-  std::unique_ptr<StepLr> scheduler_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<LrSchedule> scheduler_;
   std::unique_ptr<DistributedSampler> sampler_;
   int start_epoch_ = 0;
 };

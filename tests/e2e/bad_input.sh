@@ -46,6 +46,19 @@ s = torch.optim.lr_scheduler.StepLR(o, 3)
 torch.save({'model': m.state_dict(), 'optimizer': o.state_dict(), 'lr_scheduler': s.state_dict(), 'epoch': 4},
            '$work/linear.pth')"
     args=(--resume "$work/linear.pth"); code=1; expect="model state does not match the model: missing conv1.weight" ;;
+  resume_other_optimizer)
+    # A Python SGD checkpoint of the same network, resumed with --opt adamw.
+    $py -c "
+import sys, torch
+sys.path.insert(0, '$(dirname "$0")/../../scripts/reference')
+from pytorch_ddp_mnist import Net
+m = Net()
+o = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+s = torch.optim.lr_scheduler.StepLR(o, 3)
+torch.save({'model': m.state_dict(), 'optimizer': o.state_dict(), 'lr_scheduler': s.state_dict(), 'epoch': 0},
+           '$work/sgd.pth')"
+    args=(--resume "$work/sgd.pth" --opt adamw); code=1
+    expect="--resume '$work/sgd.pth': optimizer state is not AdamW's (its parameter group has no 'betas'); resume with the --opt it was saved with" ;;
   output_unwritable)
     touch "$work/file"
     small=(--train-limit 64 --test-limit 64 --epochs 1 --threads 1 --output-dir "$work/file/out")

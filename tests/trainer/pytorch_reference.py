@@ -2,6 +2,12 @@
 
   sampler N WORLD SEED EPOCH   -> one line per rank: DistributedSampler(shuffle=True) indices
   steplr LR STEP GAMMA EPOCHS  -> the learning rate of each epoch under StepLR
+  optim OPT SCHED WARMUP_EPOCHS WARMUP_METHOD EPOCHS SAVE_AFTER DIR
+                               -> torchvision's optimizer and schedule (lr 0.1, momentum 0.9, wd 1e-4, step 2,
+                                  gamma 0.5, lr_min 0.001, warm-up decay 0.1) on two tensors with scripted gradients,
+                                  two steps per epoch. Prints the epochs' rates and the final tensors of a full run;
+                                  writes DIR/py.pth after epoch SAVE_AFTER; then prints the same for a run resumed
+                                  from DIR/cpp.pth (what the C++ test wrote) as torchvision's train.py resumes.
   resnet18_export DIR          -> writes DIR/torchvision_resnet18.pth (torchvision's resnet18, 10 classes, BatchNorm
                                   statistics from one training batch) and prints its eval log_softmax of a fixed input
   resnet18_import PATH REF     -> 1 if PATH loads into torchvision's resnet18 strictly and equals REF, key order too
@@ -10,6 +16,47 @@ import sys
 
 import torch
 from torch.utils.data import DistributedSampler
+
+
+def make_optim(params, opt_name, sched_name, warmup_epochs, warmup_method, epochs):
+    """As torchvision's references/classification/train.py builds them."""
+    if opt_name.startswith("sgd"):
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov="nesterov" in opt_name)
+    else:
+        opt = torch.optim.AdamW(params, lr=0.1, weight_decay=1e-4)
+    if sched_name == "steplr":
+        main_sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    else:
+        main_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs - warmup_epochs, eta_min=0.001)
+    if warmup_epochs == 0:
+        return opt, main_sched
+    if warmup_method == "linear":
+        warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warmup_epochs)
+    else:
+        warmup = torch.optim.lr_scheduler.ConstantLR(opt, factor=0.1, total_iters=warmup_epochs)
+    return opt, torch.optim.lr_scheduler.SequentialLR(opt, schedulers=[warmup, main_sched], milestones=[warmup_epochs])
+
+
+def run_optim(params, opt, sched, first_epoch, epochs, save=None):
+    """Two steps per epoch with gradients cos(p * (t + 1)) + 0.1 t (t the global step); returns the epochs' rates."""
+    rates = []
+    for epoch in range(first_epoch, epochs):
+        rates.append(opt.param_groups[0]["lr"])
+        for s in range(2):
+            t = 2 * epoch + s
+            with torch.no_grad():
+                for p in params:
+                    p.grad = torch.cos(p * float(t + 1)) + 0.1 * t
+            opt.step()
+        sched.step()
+        if save and epoch == save[0]:
+            torch.save({"params": [p.detach() for p in params], "optimizer": opt.state_dict(),
+                        "lr_scheduler": sched.state_dict(), "epoch": epoch}, save[1])
+    return rates
+
+
+def print_numbers(values):
+    print(" ".join(repr(float(v)) for v in values))
 
 
 def main(argv):
@@ -30,6 +77,23 @@ def main(argv):
             opt.step()
             sched.step()
         print(" ".join(repr(r) for r in rates))
+    elif mode == "optim":
+        import warnings
+        warnings.simplefilter("ignore")  # SequentialLR's step(0) warns that epoch arguments are deprecated
+        opt_name, sched_name, warmup_method = argv[2], argv[3], argv[5]
+        warmup_epochs, epochs, save_after = int(argv[4]), int(argv[6]), int(argv[7])
+        folder = argv[8]
+        params = [torch.linspace(-1, 1, 12).view(3, 4).requires_grad_(), torch.linspace(0.5, -0.5, 5).requires_grad_()]
+        opt, sched = make_optim(params, opt_name, sched_name, warmup_epochs, warmup_method, epochs)
+        print_numbers(run_optim(params, opt, sched, 0, epochs, (save_after, folder + "/py.pth")))
+        print_numbers(torch.cat([p.detach().flatten() for p in params]).tolist())
+        saved = torch.load(folder + "/cpp.pth")
+        params = [p.clone().requires_grad_() for p in saved["params"]]
+        opt, sched = make_optim(params, opt_name, sched_name, warmup_epochs, warmup_method, epochs)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["lr_scheduler"])
+        print_numbers(run_optim(params, opt, sched, saved["epoch"] + 1, epochs))
+        print_numbers(torch.cat([p.detach().flatten() for p in params]).tolist())
     elif mode == "resnet18_export":
         import torchvision
         torch.manual_seed(0)

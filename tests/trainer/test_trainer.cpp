@@ -1,13 +1,14 @@
 // Unit tests of ddptrain's pieces: flags, IDX files, the distributed sampler (against Python's), SGD (against
-// LibTorch's port of torch.optim.SGD), StepLR (against Python's) and the mnist_cnn state dict.
+// LibTorch's port of torch.optim.SGD), the optimizers and learning-rate schedules against Python's (to the last bit,
+// and resumed from each other's state dicts both ways) and the models' state dicts.
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
 #include "trainer/distributed_sampler.h"
 #include "trainer/idx_dataset.h"
+#include "trainer/lr_scheduler.h"
 #include "trainer/models.h"
 #include "trainer/options.h"
 #include "trainer/sgd.h"
-#include "trainer/step_lr.h"
 
 #include <gtest/gtest.h>
 #include <torch/optim/sgd.h>
@@ -117,6 +118,14 @@ TEST(Options, BadInputNamesTheFlag) {
   EXPECT_NE(usage_error({"--model", "resnet9000"}).find("--model 'resnet9000' is not a known model"),
             std::string::npos);
   EXPECT_NE(usage_error({"--no-such-flag"}).find("no-such-flag"), std::string::npos);
+  EXPECT_NE(usage_error({"--opt", "lamb"}).find("--opt 'lamb' is not a known optimizer; choose one of: sgd"),
+            std::string::npos);
+  EXPECT_NE(usage_error({"--lr-scheduler", "onecycle"}).find("not a known learning-rate scheduler"), std::string::npos);
+  EXPECT_NE(usage_error({"--lr-warmup-method", "exp"}).find("choose one of: linear, constant"), std::string::npos);
+  EXPECT_NE(usage_error({"--lr-scheduler", "cosineannealinglr", "--epochs", "3", "--lr-warmup-epochs", "3"})
+                .find("leaves no epoch"),
+            std::string::npos);
+  EXPECT_NE(usage_error({"--lr-warmup-decay", "0"}).find("--lr-warmup-decay 0 is out of range"), std::string::npos);
   EXPECT_NE(usage_error({"--config", "/nonexistent/x.ini"}).find("--config '/nonexistent/x.ini' cannot be opened"),
             std::string::npos);
   EXPECT_NE(usage_error({"--wd", "0.1", "--weight-decay", "0.2"}).find("same flag"), std::string::npos);
@@ -233,8 +242,8 @@ TEST(Sgd, StateDictHasPythonsLayoutAndRestores) {
   sgd.step();
   auto state = sgd.state_dict();
   const auto& group = state.at("param_groups").items().at(0);
-  for (const char* key : {"lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach",
-                          "differentiable", "initial_lr", "params"})
+  for (const char* key :
+       {"lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach", "differentiable", "params"})
     EXPECT_NE(group.find(key), nullptr) << key;
   EXPECT_EQ(group.at("params").items().size(), 2u);
   EXPECT_TRUE(state.at("state").at(int64_t{0}).at("momentum_buffer").to_tensor().equal(torch::ones({2, 2})));
@@ -257,18 +266,148 @@ TEST(Sgd, StateDictHasPythonsLayoutAndRestores) {
   EXPECT_THROW(wrong.load_state_dict(state), std::runtime_error);
 }
 
-TEST(StepLr, MatchesPyTorchToTheLastBitAndRestores) {
-  auto expected = python_reference("steplr 0.05 3 0.1 10");
-  ASSERT_EQ(expected.size(), 1u) << "python reference failed";
-  StepLr schedule(0.05, 3, 0.1);
-  for (size_t epoch = 0; epoch < expected[0].size(); ++epoch) {
-    EXPECT_EQ(schedule.lr(), expected[0][epoch]) << "epoch " << epoch;
-    schedule.step();
+namespace {
+
+struct OptimConfig {
+  std::string opt, schedule;
+  int warmup_epochs = 0;
+  std::string warmup_method = "constant";
+  int save_after = 0;  // the epoch after which each side writes its state for the other to resume from
+};
+constexpr int kOptimEpochs = 7;
+
+// What tests/trainer/pytorch_reference.py's optim mode does on the Python side, here with ddptrain's classes: the
+// epochs' rates and the final tensors, flattened.
+struct Trajectory {
+  std::vector<double> rates, params;
+};
+
+Trajectory run_optim(const OptimConfig& c, std::vector<at::Tensor> params, const ddprun::checkpoint::Value* resume,
+                     const fs::path& save_to) {
+  OptimizerOptions optimizer_options;
+  optimizer_options.name = c.opt;
+  optimizer_options.lr = 0.1;
+  optimizer_options.momentum = 0.9;
+  optimizer_options.weight_decay = 1e-4;
+  auto optimizer = make_optimizer(params, optimizer_options);
+  LrScheduleOptions schedule_options;
+  schedule_options.name = c.schedule;
+  schedule_options.epochs = kOptimEpochs;
+  schedule_options.step_size = 2;
+  schedule_options.gamma = 0.5;
+  schedule_options.lr_min = 0.001;
+  schedule_options.warmup_epochs = c.warmup_epochs;
+  schedule_options.warmup_method = c.warmup_method;
+  schedule_options.warmup_decay = 0.1;
+  auto schedule = make_lr_schedule(*optimizer, schedule_options);
+  int first_epoch = 0;
+  if (resume) {
+    optimizer->load_state_dict(resume->at("optimizer"));
+    schedule->load_state_dict(resume->at("lr_scheduler"));
+    first_epoch = static_cast<int>(resume->at("epoch").to_int()) + 1;
   }
-  StepLr resumed(1.0, 1, 0.5);
-  resumed.load_state_dict(schedule.state_dict());
-  EXPECT_EQ(resumed.lr(), schedule.lr());
-  EXPECT_EQ(resumed.step(), schedule.step());
+  Trajectory out;
+  for (int epoch = first_epoch; epoch < kOptimEpochs; ++epoch) {
+    out.rates.push_back(optimizer->lr());
+    for (int s = 0; s < 2; ++s) {
+      const int t = 2 * epoch + s;
+      for (at::Tensor& p : params) p.mutable_grad() = at::cos(p.detach() * static_cast<double>(t + 1)) + 0.1 * t;
+      optimizer->step();
+    }
+    schedule->step();
+    EXPECT_EQ(schedule->last_lr(), optimizer->lr());
+    if (!save_to.empty() && epoch == c.save_after) {
+      ddprun::checkpoint::Value list = ddprun::checkpoint::Value::list();
+      for (const at::Tensor& p : params) list.append(p.detach().clone());
+      ddprun::checkpoint::save(ddprun::checkpoint::Value::dict({{"params", list},
+                                                                {"optimizer", optimizer->state_dict()},
+                                                                {"lr_scheduler", schedule->state_dict()},
+                                                                {"epoch", static_cast<int64_t>(epoch)}}),
+                               save_to);
+    }
+  }
+  at::Tensor flat = at::cat({params[0].detach().flatten(), params[1].detach().flatten()}).to(at::kDouble);
+  out.params.assign(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
+  return out;
+}
+
+std::vector<at::Tensor> optim_start_params() {
+  return {torch::linspace(-1, 1, 12).view({3, 4}).requires_grad_(), torch::linspace(0.5, -0.5, 5).requires_grad_()};
+}
+
+std::string describe(const OptimConfig& c) {
+  return c.opt + " " + c.schedule + " warm-up " + std::to_string(c.warmup_epochs) + " " + c.warmup_method;
+}
+
+}  // namespace
+
+// --opt and --lr-scheduler compute what torch.optim computes, bit for bit, and a run resumed from either side's
+// checkpoint (Python resuming ours, ddptrain resuming Python's) continues exactly as the uninterrupted run.
+TEST(OptimizerAndSchedule, MatchPythonBitForBitAndResumeFromEachOthersState) {
+  const fs::path dir = temp_folder("optim");
+  const std::vector<OptimConfig> configs{{"sgd", "steplr", 0, "constant", 3},
+                                         {"adamw", "cosineannealinglr", 2, "linear", 1},
+                                         {"sgd_nesterov", "cosineannealinglr", 0, "constant", 4},
+                                         {"adamw", "steplr", 3, "constant", 1}};
+  for (const OptimConfig& c : configs) {
+    SCOPED_TRACE(describe(c));
+    const Trajectory full = run_optim(c, optim_start_params(), nullptr, dir / "cpp.pth");
+    const auto python = python_reference("optim " + c.opt + " " + c.schedule + " " + std::to_string(c.warmup_epochs) +
+                                         " " + c.warmup_method + " " + std::to_string(kOptimEpochs) + " " +
+                                         std::to_string(c.save_after) + " " + dir.string());
+    ASSERT_EQ(python.size(), 4u) << "python reference failed";
+    EXPECT_EQ(full.rates, python[0]) << "learning rates differ from Python's";
+    EXPECT_EQ(full.params, python[1]) << "weights differ from Python's";
+    const std::vector<double> tail(full.rates.begin() + c.save_after + 1, full.rates.end());
+    EXPECT_EQ(python[2], tail) << "Python resumed from our checkpoint and its rates went elsewhere";
+    EXPECT_EQ(python[3], full.params) << "Python resumed from our checkpoint and its weights went elsewhere";
+
+    const auto saved = ddprun::checkpoint::load(dir / "py.pth", c10::Device(c10::kCPU));
+    std::vector<at::Tensor> params;
+    for (const auto& p : saved.at("params").items()) params.push_back(p.to_tensor().clone().requires_grad_());
+    const Trajectory resumed = run_optim(c, params, &saved, {});
+    EXPECT_EQ(resumed.rates, tail) << "resumed from Python's checkpoint, the rates went elsewhere";
+    EXPECT_EQ(resumed.params, full.params) << "resumed from Python's checkpoint, the weights went elsewhere";
+  }
+  fs::remove_all(dir);
+}
+
+TEST(OptimizerAndSchedule, RefuseAnotherOptimizersOrSchedulesState) {
+  auto params = optim_start_params();
+  OptimizerOptions adamw_options;
+  adamw_options.name = "adamw";
+  auto adamw = make_optimizer(params, adamw_options);
+  auto sgd = make_optimizer(params, OptimizerOptions{});
+  auto error = [](auto&& load) {
+    try {
+      load();
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error([&] { sgd->load_state_dict(adamw->state_dict()); }).find("not SGD's"), std::string::npos);
+  EXPECT_NE(error([&] { adamw->load_state_dict(sgd->state_dict()); }).find("not AdamW's"), std::string::npos);
+  auto fewer = make_optimizer({params[0]}, OptimizerOptions{});
+  EXPECT_NE(error([&] { fewer->load_state_dict(sgd->state_dict()); }).find("for 2 parameters, the model has 1"),
+            std::string::npos);
+
+  LrScheduleOptions cosine;
+  cosine.name = "cosineannealinglr";
+  LrScheduleOptions warm = cosine;
+  warm.warmup_epochs = 1;
+  auto step_schedule = make_lr_schedule(*sgd, LrScheduleOptions{});
+  auto cosine_schedule = make_lr_schedule(*sgd, cosine);
+  auto warm_schedule = make_lr_schedule(*sgd, warm);
+  EXPECT_NE(
+      error([&] { cosine_schedule->load_state_dict(step_schedule->state_dict()); }).find("not a CosineAnnealingLR's"),
+      std::string::npos);
+  EXPECT_NE(error([&] { cosine_schedule->load_state_dict(warm_schedule->state_dict()); }).find("--lr-warmup-epochs"),
+            std::string::npos);
+  EXPECT_NE(error([&] { warm_schedule->load_state_dict(cosine_schedule->state_dict()); }).find("--lr-warmup-epochs"),
+            std::string::npos);
+  EXPECT_TRUE(sgd->state_dict().at("param_groups").items().at(0).find("initial_lr"));
+  EXPECT_THROW(make_optimizer(params, OptimizerOptions{"rmsprop"}), std::invalid_argument);
 }
 
 TEST(MnistCnn, HasPytorchExamplesNamesAndShapes) {
