@@ -77,6 +77,9 @@ po::options_description describe(TrainOptions& o) {
      " default from DDPRUN_COMM_TIMEOUT, else 300)")
     ("comm-check", po::bool_switch(&o.comm_check)->default_value(o.comm_check),
      "before every collective, check that all ranks pass the same tensor sizes (also DDPRUN_COMM_CHECK=1)")
+    ("grad-sync", po::value(&o.grad_sync)->default_value(o.grad_sync),
+     "how gradients are averaged: ddp (buckets all-reduced during backward) or per-param (each parameter's gradient "
+     "all-reduced on its own after backward, as pytorch/examples' cpp/distributed does: the benchmarks' baseline)")
     ("bucket-cap-mb", po::value(&o.bucket_cap_mb)->default_value(o.bucket_cap_mb, "25"),
      "gradient bucket size in MiB; a full bucket is all-reduced while backward goes on (the first bucket: 1 MiB)")
     ("accum-steps", po::value(&o.accum_steps)->default_value(o.accum_steps),
@@ -186,6 +189,7 @@ ParseResult parse_options(int argc, const char* const argv[]) {
   require(o.threads >= 0, "threads", o.threads, "must not be negative (0 means automatic)");
   if (o.backend != "auto" && o.backend != "mpi" && o.backend != "nccl")
     throw UsageError("--backend '" + o.backend + "' is not a backend; choose auto, mpi or nccl");
+  require_one_of("grad-sync", o.grad_sync, {"ddp", "per-param"}, "gradient synchronization");
   require(o.bucket_cap_mb > 0, "bucket-cap-mb", o.bucket_cap_mb, "must be positive");
   require(o.accum_steps >= 1, "accum-steps", o.accum_steps, "must be at least 1");
   if (o.grad_compression != "none" && o.grad_compression != "fp16" && o.grad_compression != "bf16")

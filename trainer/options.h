@@ -31,12 +31,13 @@ struct TrainOptions {
   int64_t seed = 1;
   int64_t train_limit = 0;  // 0: the whole split
   int64_t test_limit = 0;
-  int threads = 0;               // intra-op threads per rank; 0: cores on the node / ranks on the node
-  std::string backend = "auto";  // the collective backend: auto (NCCL on GPUs, else MPI), mpi or nccl
-  double comm_timeout = 300;     // seconds a collective may take before the job is aborted; 0: no limit
-  bool comm_check = false;       // compare tensor sizes across ranks before every collective
-  double bucket_cap_mb = 25;     // DDP: gradient bucket size (the first bucket is 1 MiB)
-  int accum_steps = 1;           // backward passes per optimizer step (all-reduce only on the last)
+  int threads = 0;                // intra-op threads per rank; 0: cores on the node / ranks on the node
+  std::string backend = "auto";   // the collective backend: auto (NCCL on GPUs, else MPI), mpi or nccl
+  double comm_timeout = 300;      // seconds a collective may take before the job is aborted; 0: no limit
+  bool comm_check = false;        // compare tensor sizes across ranks before every collective
+  std::string grad_sync = "ddp";  // ddp (the bucketed engine) or per-param (the baseline benchmarks compare with)
+  double bucket_cap_mb = 25;      // DDP: gradient bucket size (the first bucket is 1 MiB)
+  int accum_steps = 1;            // backward passes per optimizer step (all-reduce only on the last)
   bool find_unused_parameters = false;
   std::string grad_compression = "none";  // the all-reduce's dtype on the wire: none, fp16 or bf16
   std::string timeline;                   // a Chrome trace of rank 0's steps, or empty

@@ -88,9 +88,9 @@ std::string run_fingerprint(const TrainOptions& o, int64_t train_size, int64_t t
       << exact(o.lr_gamma) << "\nlr-min " << exact(o.lr_min) << "\nlr-warmup-epochs " << o.lr_warmup_epochs
       << "\nlr-warmup-method " << o.lr_warmup_method << "\nlr-warmup-decay " << exact(o.lr_warmup_decay) << "\nseed "
       << o.seed << "\nstart-epoch " << o.start_epoch << "\nresume " << o.resume << "\nbackend " << o.backend
-      << "\nbucket-cap-mb " << exact(o.bucket_cap_mb) << "\naccum-steps " << o.accum_steps
-      << "\nfind-unused-parameters " << o.find_unused_parameters << "\ngrad-compression " << o.grad_compression
-      << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
+      << "\ngrad-sync " << o.grad_sync << "\nbucket-cap-mb " << exact(o.bucket_cap_mb) << "\naccum-steps "
+      << o.accum_steps << "\nfind-unused-parameters " << o.find_unused_parameters << "\ngrad-compression "
+      << o.grad_compression << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
   return out.str();
 }
 
@@ -228,9 +228,18 @@ class Run {
     scheduler_ = make_lr_schedule(*optimizer_, schedule);
     start_epoch_ = o_.start_epoch;
     if (!o_.resume.empty()) resume();
+    sampler_ = std::make_unique<DistributedSampler>(train_data_.size(), comm_.rank(), comm_.size(), true, o_.seed);
 
-    // Every rank starts from rank 0's weights and buffers (DDP broadcasts them; they differ only if a rank was
-    // seeded or resumed differently); from here on gradients are averaged in buckets during backward.
+    // Every rank starts from rank 0's weights and buffers (they differ only if a rank was seeded or resumed
+    // differently); from here on gradients are averaged in buckets during backward, or for --grad-sync per-param
+    // one parameter at a time after it.
+    if (o_.grad_sync == "per-param") {
+      std::vector<at::Tensor> state = params_;
+      for (const at::Tensor& b : model_->buffers()) state.push_back(b);
+      at::NoGradGuard no_grad;
+      for (const at::Tensor& t : state) comm_.broadcast(t, 0)->wait();
+      return;
+    }
     DdpOptions ddp_options;
     ddp_options.bucket_cap_mb = o_.bucket_cap_mb;
     ddp_options.find_unused_parameters = o_.find_unused_parameters;
@@ -242,8 +251,6 @@ class Run {
       };
     }
     ddp_ = std::make_unique<DistributedDataParallel>(model_, comm_, ddp_options);
-
-    sampler_ = std::make_unique<DistributedSampler>(train_data_.size(), comm_.rank(), comm_.size(), true, o_.seed);
   }
 
   void create_output_dir() const {
@@ -308,14 +315,15 @@ class Run {
       const bool steps_now = step - window_start == window - 1;
       if (step == window_start) optimizer_->zero_grad();
       const auto forward_start = Clock::now();
-      ddp_->before_forward();
+      if (ddp_) ddp_->before_forward();
       at::Tensor loss = at::nll_loss(model_->forward(images), labels);
       const auto backward_start = Clock::now();
       {
         std::optional<DistributedDataParallel::NoSync> no_sync;
-        if (!steps_now) no_sync.emplace(*ddp_);
+        if (!steps_now && ddp_) no_sync.emplace(*ddp_);
         (window > 1 ? loss / static_cast<double>(window) : loss).backward();
       }
+      if (steps_now && !ddp_) average_gradients_per_parameter();
       const auto step_start = Clock::now();
       if (steps_now) optimizer_->step();
       if (timeline_.enabled()) {
@@ -338,6 +346,14 @@ class Run {
     comm_.allreduce(slowest, comm::ReduceOp::Max)->wait();
     m.train_loss = totals[0].item<double>() / totals[1].item<double>();
     m.images_per_sec = totals[1].item<double>() / slowest[0].item<double>();
+  }
+
+  // --grad-sync per-param: pytorch/examples' cpp/distributed baseline, each gradient all-reduced and waited for in
+  // turn once backward has finished (no overlap, no bucketing).
+  void average_gradients_per_parameter() {
+    for (const at::Tensor& p : params_) {
+      if (p.grad().defined()) comm_.allreduce(p.grad(), comm::ReduceOp::Average)->wait();
+    }
   }
 
   // Top-1 accuracy in percent over the whole test split, each rank scoring every world_size-th sample (no padding,

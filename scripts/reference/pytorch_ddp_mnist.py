@@ -1,6 +1,6 @@
 """PyTorch's own DDP (Python, gloo, CPU) on the same task as ddptrain, for side-by-side comparison.
 
-Same network (pytorch/examples' MNIST Net), same data and normalization, same DistributedSampler seed, SGD with
+Same network (pytorch/examples' MNIST Net, or --model mlp: ddptrain's 784-4096-4096-10 MLP), same data and normalization, same DistributedSampler seed, SGD with
 momentum and weight decay, StepLR, batch per rank, one intra-op thread per rank. Prints one line per epoch and a
 final JSON line: {"impl": "pytorch_ddp", "epochs": E, "test_acc1": ..., "images_per_sec": ...}.
 
@@ -45,6 +45,22 @@ class Net(nn.Module):
         return F.log_softmax(x, dim=1)
 
 
+class Mlp(nn.Module):
+    """ddptrain's mlp: flatten, fc1 = Linear(784, 4096), ReLU, fc2 = Linear(4096, 4096), ReLU, fc3 = Linear(4096, 10)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 4096)
+        self.fc2 = nn.Linear(4096, 4096)
+        self.fc3 = nn.Linear(4096, 10)
+
+    def forward(self, x):
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return F.log_softmax(self.fc3(x), dim=1)
+
+
 def read_idx(path):
     with gzip.open(path) if path.endswith(".gz") else open(path, "rb") as f:
         data = f.read()
@@ -71,7 +87,7 @@ def worker(rank, args):
     train, test = load(args.data_path, "train", args.train_limit), load(args.data_path, "test", args.test_limit)
     sampler = torch.utils.data.DistributedSampler(train, shuffle=True, seed=args.seed)
     loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, sampler=sampler)
-    model = nn.parallel.DistributedDataParallel(Net())
+    model = nn.parallel.DistributedDataParallel(Mlp() if args.model == "mlp" else Net())
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step_size, gamma=args.lr_gamma)
     acc = 0.0
@@ -101,7 +117,7 @@ def worker(rank, args):
         if rank == 0:
             print(f"pytorch_ddp epoch {epoch}: test_acc1 {acc:.2f}%  images/s {rates[-1]:.1f}", flush=True)
     if rank == 0:
-        print(json.dumps({"impl": "pytorch_ddp", "ranks": args.ranks, "epochs": args.epochs, "test_acc1": acc,
+        print(json.dumps({"impl": "pytorch_ddp", "model": args.model, "ranks": args.ranks, "epochs": args.epochs, "test_acc1": acc,
                           "images_per_sec": float(np.median(rates))}), flush=True)
     dist.destroy_process_group()
 
@@ -109,6 +125,7 @@ def worker(rank, args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ranks", type=int, default=2)
+    p.add_argument("--model", choices=["mnist_cnn", "mlp"], default="mnist_cnn")
     p.add_argument("--data-path", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("-b", "--batch-size", type=int, default=64)

@@ -125,6 +125,7 @@ TEST(Options, BadInputNamesTheFlag) {
   EXPECT_NE(usage_error({"--lr-scheduler", "cosineannealinglr", "--epochs", "3", "--lr-warmup-epochs", "3"})
                 .find("leaves no epoch"),
             std::string::npos);
+  EXPECT_NE(usage_error({"--grad-sync", "ring"}).find("choose one of: ddp, per-param"), std::string::npos);
   EXPECT_NE(usage_error({"--lr-warmup-decay", "0"}).find("--lr-warmup-decay 0 is out of range"), std::string::npos);
   EXPECT_NE(usage_error({"--config", "/nonexistent/x.ini"}).find("--config '/nonexistent/x.ini' cannot be opened"),
             std::string::npos);

@@ -1,0 +1,95 @@
+// train_compute_bench: the compute limit of a data-parallel step: one process doing only forward, backward, SGD step
+// and zero_grad on batches made before the clock starts (no data loading, no communication), with ddptrain's model,
+// optimizer, thread count and host-memory policy. scripts/bench/train_throughput.sh runs it beside ddptrain.
+//
+//   train_compute_bench --model M [-b B] [--samples N] [--epochs E] [--threads T] [--ranks R]
+//
+// Each epoch trains the N / R samples one rank of an R-rank run gets (DistributedSampler, rank 0) and prints
+// "epoch E images/s X"; the last line is "RESULT model M images_per_sec X" with the median over epochs after the
+// first (which also pays for first-touch allocations).
+#include "trainer/distributed_sampler.h"
+#include "trainer/host_memory.h"
+#include "trainer/idx_dataset.h"
+#include "trainer/models.h"
+#include "trainer/optimizer.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/nll_loss.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+using namespace ddprun::trainer;
+
+int main(int argc, char** argv) {
+  std::string model_name = "mnist_cnn", data_path = "/usr/share/datasets/fashion-mnist";
+  int64_t batch = 64, samples = 12000;
+  int epochs = 3, threads = 1, ranks = 2;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--model")
+      model_name = value;
+    else if (flag == "-b")
+      batch = std::atoll(value.c_str());
+    else if (flag == "--samples")
+      samples = std::atoll(value.c_str());
+    else if (flag == "--epochs")
+      epochs = std::atoi(value.c_str());
+    else if (flag == "--threads")
+      threads = std::atoi(value.c_str());
+    else if (flag == "--ranks")
+      ranks = std::atoi(value.c_str());
+    else if (flag == "--data-path")
+      data_path = value;
+    else {
+      std::fprintf(stderr, "train_compute_bench: unknown flag %s\n", flag.c_str());
+      return 2;
+    }
+  }
+  if (batch < 1 || samples < 1 || epochs < 2 || threads < 1 || ranks < 1) {
+    std::fprintf(stderr, "train_compute_bench: -b, --samples, --threads, --ranks must be positive, --epochs >= 2\n");
+    return 2;
+  }
+  keep_freed_host_memory();
+  at::set_num_threads(threads);
+  const ImageDataset data = load_idx_dataset(data_path, Split::Train, samples);
+  torch::manual_seed(1);
+  auto model = make_model(model_name);
+  OptimizerOptions sgd;  // ddptrain's defaults: SGD, lr 0.05, momentum 0.9, weight decay 1e-4
+  auto optimizer = make_optimizer(model->parameters(), sgd);
+  model->train();
+
+  std::vector<double> rates;
+  for (int epoch = 0; epoch < epochs; ++epoch) {
+    DistributedSampler sampler(data.size(), 0, ranks, true, 1);
+    sampler.set_epoch(epoch);
+    const at::Tensor order = sampler.indices();
+    std::vector<std::pair<at::Tensor, at::Tensor>> batches;  // ready before the clock starts
+    for (int64_t begin = 0; begin < order.size(0); begin += batch)
+      batches.push_back(make_batch(data, order.narrow(0, begin, std::min(batch, order.size(0) - begin))));
+    const auto start = std::chrono::steady_clock::now();
+    for (const auto& [images, labels] : batches) {
+      optimizer->zero_grad();
+      at::Tensor loss = at::nll_loss(model->forward(images), labels);
+      loss.backward();
+      optimizer->step();
+      (void)loss.item<double>();  // as ddptrain reads each step's loss
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    rates.push_back(static_cast<double>(order.size(0)) / seconds);
+    std::printf("epoch %d images/s %.1f\n", epoch, rates.back());
+    std::fflush(stdout);
+  }
+  std::vector<double> measured(rates.begin() + 1, rates.end());
+  std::sort(measured.begin(), measured.end());
+  const size_t n = measured.size();
+  const double median = n % 2 ? measured[n / 2] : (measured[n / 2 - 1] + measured[n / 2]) / 2;
+  std::printf("RESULT model %s images_per_sec %.2f\n", model_name.c_str(), median);
+  return 0;
+}

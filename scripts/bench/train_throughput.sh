@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Training images/s of ddptrain on Fashion-MNIST, 2 ranks x 1 intra-op thread, for mnist_cnn and mlp, against
+#   per-param:     the same program with --grad-sync per-param (each gradient all-reduced on its own after backward,
+#                  the pytorch/examples cpp/distributed baseline);
+#   pytorch-ddp:   PyTorch's Python DDP over gloo, same model, batch, data, sampler and threads
+#                  (scripts/reference/pytorch_ddp_mnist.py with /usr/bin/python3), and the same glibc malloc setting
+#                  ddptrain makes for itself (trainer/host_memory.cpp), through glibc's environment variables: with
+#                  glibc's defaults Python pays a page fault per fresh page of every large tensor, every step;
+#   compute-limit: twice the images/s of one process doing only forward, backward, SGD step on ready batches
+#                  (bench/train_compute_bench.cpp).
+# All four run back to back in each repeat; a run's images/s is the median over its epochs after the first (which
+# pays for start-up and DDP's bucket rebuild). Prints each run, then per model the medians and ranges over repeats,
+# the paired ratios (per repeat) with the issue's targets, and one JSON line per model and impl:
+#   {"impl": "ddprun"|"per-param"|"pytorch-ddp"|"compute-limit", "model": m, "ranks": 2, "images_per_sec": x, "test_acc1": a}
+#   scripts/bench/train_throughput.sh [--repeats R] [--epochs E] [--models "mnist_cnn mlp"] [--quick]
+# --quick: 1 repeat, 2 epochs, a few hundred samples (the ctest smoke run). Builds what it needs into ./build (or
+# $BUILD_DIR).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repeats=3 epochs=3 models="mnist_cnn mlp" test_limit=2000
+declare -A samples=([mnist_cnn]=12000 [mlp]=4000)
+while [ $# -gt 0 ]; do
+  case $1 in
+    --repeats) repeats=$2; shift 2 ;;
+    --epochs) epochs=$2; shift 2 ;;
+    --models) models=$2; shift 2 ;;
+    --quick) repeats=1 epochs=2 test_limit=256; samples=([mnist_cnn]=512 [mlp]=256); shift ;;
+    *) echo "train_throughput.sh: unknown argument $1 (use --repeats R, --epochs E, --models LIST, --quick)" >&2; exit 2 ;;
+  esac
+done
+[ "$epochs" -ge 2 ] || { echo "train_throughput.sh: --epochs must be at least 2 (the first is not timed)" >&2; exit 2; }
+python=/usr/bin/python3
+"$python" -c 'import torch.distributed' 2> /dev/null ||
+  { echo "train_throughput.sh: $python has no torch.distributed (run scripts/install-deps.sh)" >&2; exit 1; }
+build=${BUILD_DIR:-build}
+[ -d "$build" ] || scripts/build.sh > /dev/null
+cmake --build "$build" --target ddptrain train_compute_bench > /dev/null
+cores=$(getconf _NPROCESSORS_ONLN)  # (nproc would answer OMP_NUM_THREADS)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+mpirun=(mpirun -np 2 --bind-to none)
+[ "$cores" -ge 2 ] || mpirun+=(--oversubscribe)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+median_after_first() { tail -n +2 | awk '{ print "x", $1 }' | awk -f scripts/bench/summarize.awk | cut -d' ' -f2; }
+
+echo "# machine: $cores cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
+echo "# 2 ranks x 1 thread, batch 64 per rank, $epochs epochs (median of epochs 1..), repeats $repeats"
+port=29600
+for ((r = 1; r <= repeats; r++)); do
+  for model in $models; do
+    n=${samples[$model]}
+    common=(--model "$model" -b 64 --epochs "$epochs" --train-limit "$n" --test-limit "$test_limit")
+    for impl in ddprun per-param; do
+      sync=ddp; [ "$impl" = per-param ] && sync=per-param
+      rm -rf "$tmp/out"
+      "${mpirun[@]}" "$build/bin/ddptrain" "${common[@]}" --threads 1 --grad-sync "$sync" --output-dir "$tmp/out" > /dev/null
+      ips=$(sed 's/.*"images_per_sec": \([0-9.e+]*\).*/\1/' "$tmp/out/metrics.jsonl" | median_after_first)
+      acc=$(tail -n 1 "$tmp/out/metrics.jsonl" | sed 's/.*"test_acc1": \([0-9.]*\).*/\1/')
+      echo "$model $impl $r $ips $acc" >> "$tmp/results"
+    done
+    port=$((port + 1))
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=$((1 << 30)) \
+      "$python" scripts/reference/pytorch_ddp_mnist.py --ranks 2 --threads 1 --port "$port" "${common[@]}" > "$tmp/py"
+    ips=$(sed -n 's/^pytorch_ddp epoch [0-9]*: .*images\/s \([0-9.]*\)$/\1/p' "$tmp/py" | median_after_first)
+    acc=$(sed -n 's/.*"test_acc1": \([0-9.]*\).*/\1/p' "$tmp/py")
+    echo "$model pytorch-ddp $r $ips $acc" >> "$tmp/results"
+    one=$("$build/bin/train_compute_bench" --model "$model" -b 64 --samples "$n" --epochs "$epochs" --ranks 2 --threads 1 |
+      sed -n 's/^RESULT .* images_per_sec //p')
+    echo "$model compute-limit $r $(awk -v x="$one" 'BEGIN { print 2 * x }') null" >> "$tmp/results"
+    grep "^$model .* $r [^ ]* [^ ]*$" "$tmp/results" | tail -n 4 |
+      awk '{ printf "run %d  %-9s %-13s images/s %8.1f  test_acc1 %s\n", $3, $1, $2, $4, $5 }'
+  done
+done
+
+echo
+# Per model: medians and ranges over repeats; ratios paired within a repeat; the targets.
+json=""
+for model in $models; do
+  awk -v m="$model" '$1 == m { print $2, $4 }' "$tmp/results" | awk -f scripts/bench/summarize.awk > "$tmp/stats"
+  while read -r impl ips lo hi runs; do
+    acc=$(awk -v m="$model" -v i="$impl" '$1 == m && $2 == i { print $5 }' "$tmp/results" | tail -n 1)
+    printf '%-9s %-13s images/s median %8.1f (range %.1f-%.1f, %d runs)  test_acc1 %s\n' "$model" "$impl" "$ips" "$lo" "$hi" "$runs" "$acc"
+    json+=$(printf '{"impl": "%s", "model": "%s", "ranks": 2, "images_per_sec": %.1f, "test_acc1": %s}\\n' "$impl" "$model" "$ips" "$acc")
+  done < "$tmp/stats"
+  for base in compute-limit pytorch-ddp per-param; do
+    case "$model/$base" in
+      mnist_cnn/compute-limit) target=0.95 ;;
+      mnist_cnn/pytorch-ddp) target=1.00 ;;
+      mlp/pytorch-ddp) target=1.15 ;;
+      mlp/per-param) target=1.30 ;;
+      *) target="" ;;
+    esac
+    awk -v m="$model" -v b="$base" '$1 == m && $2 == "ddprun" { d[$3] = $4 } $1 == m && $2 == b { print "ratio", d[$3] / $4 }' \
+      "$tmp/results" | awk -f scripts/bench/summarize.awk | {
+      read -r _ ratio lo hi _
+      verdict="(no target)"
+      [ -n "$target" ] && verdict=$(awk -v x="$ratio" -v t="$target" 'BEGIN { print (x >= t ? "meets" : "MISSES") " the target >= " t }')
+      printf '%-9s ddprun / %-13s median %.2f (range %.2f-%.2f)  %s\n' "$model" "$base" "$ratio" "$lo" "$hi" "$verdict"
+    }
+  done
+done
+echo
+printf '%b' "$json"
