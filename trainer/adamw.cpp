@@ -81,6 +81,10 @@ Value AdamW::state_dict() const {
 
 void AdamW::load_state_dict(const Value& saved) {
   const Value& group = load_group(saved, "AdamW", "betas");
+  if (const Value* decoupled = group.find("decoupled_weight_decay"); decoupled && !decoupled->to_bool())
+    throw std::runtime_error(
+        "optimizer state is Adam's (decoupled_weight_decay=False), not AdamW's; ddptrain has no "
+        "--opt adam");
   AdamWOptions restored;
   const auto& betas = group.at("betas").items();
   if (betas.size() != 2)
@@ -108,8 +112,9 @@ void AdamW::load_state_dict(const Value& saved) {
       s.max_exp_avg_sq = restore_like(i, max->to_tensor(), "max_exp_avg_sq");
     }
   }
+  restore_lr(group);  // last of what can throw
+  restored.lr = options_.lr;
   options_ = restored;
-  restore_lr(group);
   state_ = std::move(state);
 }
 

@@ -55,21 +55,27 @@ class Scheduler : public LrSchedule {
     for (const auto& entry : own_state()) {
       if (!state.find(entry.first.to_string()))
         throw std::runtime_error(std::string("lr_scheduler state is not a ") + python_name_ + "'s (it has no '" +
-                                 entry.first.to_string() + "'); resume with the --lr-scheduler it was saved with");
+                                 entry.first.to_string() + "'); resume with the " + flag_ + " it was saved with");
     }
     const auto& base_lrs = state.at("base_lrs").items();
-    if (base_lrs.size() != 1)
+    const auto& last_lrs = state.at("_last_lr").items();
+    if (base_lrs.size() != 1 || last_lrs.size() != 1)
       throw std::runtime_error("lr_scheduler state has " + std::to_string(base_lrs.size()) +
                                " base learning rates; ddptrain uses one parameter group");
+    // Everything read before anything changes, so that a bad state leaves the schedule as it was.
+    const double base_lr = base_lrs[0].to_double(), last_lr = last_lrs[0].to_double();
+    const int64_t last_epoch = state.at("last_epoch").to_int(), step_count = state.at("_step_count").to_int();
     load_own(state);
-    base_lr_ = base_lrs[0].to_double();
-    last_epoch_ = state.at("last_epoch").to_int();
-    step_count_ = state.at("_step_count").to_int();
-    last_lr_ = state.at("_last_lr").items().at(0).to_double();
+    base_lr_ = base_lr;
+    last_epoch_ = last_epoch;
+    step_count_ = step_count;
+    last_lr_ = last_lr;
   }
 
  protected:
-  Scheduler(Optimizer& optimizer, const char* python_name) : optimizer_(optimizer), python_name_(python_name) {}
+  // `flag`: the ddptrain flag that chose this schedule, for error messages.
+  Scheduler(Optimizer& optimizer, const char* python_name, const char* flag)
+      : optimizer_(optimizer), python_name_(python_name), flag_(flag) {}
 
   // The base class constructor's work, run last by each derived constructor once its fields are set.
   void attach() {
@@ -81,7 +87,8 @@ class Scheduler : public LrSchedule {
 
   virtual double get_lr() const = 0;
   virtual double closed_form_lr() const = 0;
-  // The schedule's own fields, first in its state dict, as Python's __dict__ holds them.
+  // The schedule's own fields, first in its state dict, as Python's __dict__ holds them; load_own reads all of them
+  // before it changes any.
   virtual Items own_state() const = 0;
   virtual void load_own(const Value& state) = 0;
 
@@ -99,13 +106,14 @@ class Scheduler : public LrSchedule {
 
   Optimizer& optimizer_;
   const char* python_name_;
+  const char* flag_;
   double last_lr_ = 0;
 };
 
 class StepLr : public Scheduler {
  public:
   StepLr(Optimizer& optimizer, int64_t step_size, double gamma)
-      : Scheduler(optimizer, "StepLR"), step_size_(step_size), gamma_(gamma) {
+      : Scheduler(optimizer, "StepLR", "--lr-scheduler"), step_size_(step_size), gamma_(gamma) {
     if (step_size < 1) throw std::invalid_argument("StepLR: the step size must be at least 1");
     attach();
   }
@@ -123,8 +131,9 @@ class StepLr : public Scheduler {
   void load_own(const Value& state) override {
     const int64_t step_size = state.at("step_size").to_int();
     if (step_size < 1) throw std::runtime_error("lr_scheduler state has step_size < 1");
+    const double gamma = state.at("gamma").to_double();
     step_size_ = step_size;
-    gamma_ = state.at("gamma").to_double();
+    gamma_ = gamma;
   }
 
   int64_t step_size_;
@@ -134,7 +143,7 @@ class StepLr : public Scheduler {
 class CosineAnnealingLr : public Scheduler {
  public:
   CosineAnnealingLr(Optimizer& optimizer, int64_t t_max, double eta_min)
-      : Scheduler(optimizer, "CosineAnnealingLR"), t_max_(t_max), eta_min_(eta_min) {
+      : Scheduler(optimizer, "CosineAnnealingLR", "--lr-scheduler"), t_max_(t_max), eta_min_(eta_min) {
     if (t_max < 1)
       throw std::invalid_argument("CosineAnnealingLR: T_max (epochs after the warm-up) must be at least 1");
     attach();
@@ -160,8 +169,9 @@ class CosineAnnealingLr : public Scheduler {
   void load_own(const Value& state) override {
     const int64_t t_max = state.at("T_max").to_int();
     if (t_max < 1) throw std::runtime_error("lr_scheduler state has T_max < 1");
+    const double eta_min = state.at("eta_min").to_double();
     t_max_ = t_max;
-    eta_min_ = state.at("eta_min").to_double();
+    eta_min_ = eta_min;
   }
 
   int64_t t_max_;
@@ -171,7 +181,10 @@ class CosineAnnealingLr : public Scheduler {
 class LinearLr : public Scheduler {
  public:
   LinearLr(Optimizer& optimizer, double start_factor, double end_factor, int64_t total_iters)
-      : Scheduler(optimizer, "LinearLR"), start_(start_factor), end_(end_factor), total_iters_(total_iters) {
+      : Scheduler(optimizer, "LinearLR", "--lr-warmup-method"),
+        start_(start_factor),
+        end_(end_factor),
+        total_iters_(total_iters) {
     attach();
   }
 
@@ -190,9 +203,12 @@ class LinearLr : public Scheduler {
     return {{"start_factor", start_}, {"end_factor", end_}, {"total_iters", total_iters_}};
   }
   void load_own(const Value& state) override {
-    start_ = state.at("start_factor").to_double();
-    end_ = state.at("end_factor").to_double();
-    total_iters_ = state.at("total_iters").to_int();
+    const double start = state.at("start_factor").to_double(), end = state.at("end_factor").to_double();
+    const int64_t total_iters = state.at("total_iters").to_int();
+    if (total_iters < 1) throw std::runtime_error("lr_scheduler state has total_iters < 1");
+    start_ = start;
+    end_ = end;
+    total_iters_ = total_iters;
   }
 
   double start_, end_;
@@ -202,7 +218,7 @@ class LinearLr : public Scheduler {
 class ConstantLr : public Scheduler {
  public:
   ConstantLr(Optimizer& optimizer, double factor, int64_t total_iters)
-      : Scheduler(optimizer, "ConstantLR"), factor_(factor), total_iters_(total_iters) {
+      : Scheduler(optimizer, "ConstantLR", "--lr-warmup-method"), factor_(factor), total_iters_(total_iters) {
     attach();
   }
 
@@ -217,8 +233,10 @@ class ConstantLr : public Scheduler {
   }
   Items own_state() const override { return {{"factor", factor_}, {"total_iters", total_iters_}}; }
   void load_own(const Value& state) override {
-    factor_ = state.at("factor").to_double();
-    total_iters_ = state.at("total_iters").to_int();
+    const double factor = state.at("factor").to_double();
+    const int64_t total_iters = state.at("total_iters").to_int();
+    factor_ = factor;
+    total_iters_ = total_iters;
   }
 
   double factor_;
@@ -276,10 +294,22 @@ class SequentialLr : public LrSchedule {
     if (milestones.size() + 1 != schedulers_.size())
       throw std::runtime_error("lr_scheduler state has " + std::to_string(milestones.size()) + " milestones for " +
                                std::to_string(schedulers_.size()) + " schedules");
-    for (size_t i = 0; i < schedulers_.size(); ++i) schedulers_[i]->load_state_dict(saved->items()[i]);
+    const int64_t last_epoch = state.at("last_epoch").to_int();
+    const auto& last_lrs = state.at("_last_lr").items();
+    if (last_lrs.size() != 1) throw std::runtime_error("lr_scheduler state has no single _last_lr");
+    const double last_lr = last_lrs[0].to_double();
+    // All schedules or none: a later one refusing its state puts the earlier ones back.
+    std::vector<Value> before;
+    for (const auto& s : schedulers_) before.push_back(s->state_dict());
+    try {
+      for (size_t i = 0; i < schedulers_.size(); ++i) schedulers_[i]->load_state_dict(saved->items()[i]);
+    } catch (...) {
+      for (size_t i = 0; i < schedulers_.size(); ++i) schedulers_[i]->load_state_dict(before[i]);
+      throw;
+    }
     milestones_ = std::move(milestones);
-    last_epoch_ = state.at("last_epoch").to_int();
-    last_lr_ = state.at("_last_lr").items().at(0).to_double();
+    last_epoch_ = last_epoch;
+    last_lr_ = last_lr;
   }
 
  private:

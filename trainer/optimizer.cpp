@@ -26,9 +26,10 @@ Value Optimizer::pack_state_dict(Value state, Value group) const {
 }
 
 void Optimizer::restore_lr(const Value& group) {
-  lr_ = group.at("lr").to_double();
+  const double lr = group.at("lr").to_double();
   const Value* initial = group.find("initial_lr");
   initial_lr_ = initial ? std::optional<double>(initial->to_double()) : std::nullopt;
+  lr_ = lr;
 }
 
 const Value& Optimizer::load_group(const Value& saved, const char* optimizer_name, const char* marker) {

@@ -79,7 +79,8 @@ po::options_description describe(TrainOptions& o) {
      "before every collective, check that all ranks pass the same tensor sizes (also DDPRUN_COMM_CHECK=1)")
     ("grad-sync", po::value(&o.grad_sync)->default_value(o.grad_sync),
      "how gradients are averaged: ddp (buckets all-reduced during backward) or per-param (each parameter's gradient "
-     "all-reduced on its own after backward, as pytorch/examples' cpp/distributed does: the benchmarks' baseline)")
+     "all-reduced on its own after backward, as pytorch/examples' cpp/distributed does: the benchmarks' baseline; "
+     "buffers are broadcast once at the start, --bucket-cap-mb does not apply)")
     ("bucket-cap-mb", po::value(&o.bucket_cap_mb)->default_value(o.bucket_cap_mb, "25"),
      "gradient bucket size in MiB; a full bucket is all-reduced while backward goes on (the first bucket: 1 MiB)")
     ("accum-steps", po::value(&o.accum_steps)->default_value(o.accum_steps),
@@ -190,6 +191,10 @@ ParseResult parse_options(int argc, const char* const argv[]) {
   if (o.backend != "auto" && o.backend != "mpi" && o.backend != "nccl")
     throw UsageError("--backend '" + o.backend + "' is not a backend; choose auto, mpi or nccl");
   require_one_of("grad-sync", o.grad_sync, {"ddp", "per-param"}, "gradient synchronization");
+  if (o.grad_sync == "per-param" && (o.grad_compression != "none" || o.find_unused_parameters))
+    throw UsageError(
+        "--grad-sync per-param all-reduces full-precision gradients, zeros for unused parameters; drop "
+        "--grad-compression and --find-unused-parameters, or use --grad-sync ddp");
   require(o.bucket_cap_mb > 0, "bucket-cap-mb", o.bucket_cap_mb, "must be positive");
   require(o.accum_steps >= 1, "accum-steps", o.accum_steps, "must be at least 1");
   if (o.grad_compression != "none" && o.grad_compression != "fp16" && o.grad_compression != "bf16")

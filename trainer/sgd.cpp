@@ -61,6 +61,10 @@ Value Sgd::state_dict() const {
 
 void Sgd::load_state_dict(const Value& saved) {
   const Value& group = load_group(saved, "SGD", "momentum");
+  if (group.at("nesterov").to_bool() != options_.nesterov)
+    throw std::runtime_error(std::string("optimizer state is ") +
+                             (options_.nesterov ? "plain SGD's" : "Nesterov SGD's") + "; resume with --opt " +
+                             (options_.nesterov ? "sgd" : "sgd_nesterov"));
   SgdOptions restored;
   restored.momentum = group.at("momentum").to_double();
   restored.dampening = group.at("dampening").to_double();
@@ -74,8 +78,9 @@ void Sgd::load_state_dict(const Value& saved) {
     const Value* buffer = entry->find("momentum_buffer");
     if (buffer != nullptr && !buffer->is_none()) buffers[i] = restore_like(i, buffer->to_tensor(), "momentum buffer");
   }
+  restore_lr(group);  // last of what can throw
+  restored.lr = options_.lr;
   options_ = restored;
-  restore_lr(group);
   momentum_buffers_ = std::move(buffers);
   stepped_ = std::move(stepped);
 }

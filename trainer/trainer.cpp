@@ -21,6 +21,7 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/nll_loss.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/cuda.h>
 #include <torch/utils.h>
 
@@ -348,12 +349,18 @@ class Run {
     m.images_per_sec = totals[1].item<double>() / slowest[0].item<double>();
   }
 
-  // --grad-sync per-param: pytorch/examples' cpp/distributed baseline, each gradient all-reduced and waited for in
-  // turn once backward has finished (no overlap, no bucketing).
+  // --grad-sync per-param: pytorch/examples' cpp/distributed baseline once backward has finished: one all-reduce (sum)
+  // per parameter, all issued, then all waited for, then each gradient divided by the world size. A parameter
+  // without a gradient contributes zeros, so every rank issues the same collectives.
   void average_gradients_per_parameter() {
-    for (const at::Tensor& p : params_) {
-      if (p.grad().defined()) comm_.allreduce(p.grad(), comm::ReduceOp::Average)->wait();
+    std::vector<comm::WorkHandle> works;
+    for (at::Tensor& p : params_) {
+      if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+      works.push_back(comm_.allreduce(p.grad(), comm::ReduceOp::Sum));
     }
+    for (auto& work : works) work->wait();
+    at::NoGradGuard no_grad;
+    for (at::Tensor& p : params_) p.mutable_grad().div_(static_cast<double>(comm_.size()));
   }
 
   // Top-1 accuracy in percent over the whole test split, each rank scoring every world_size-th sample (no padding,

@@ -7,11 +7,12 @@
 #                  ddptrain makes for itself (trainer/host_memory.cpp), through glibc's environment variables: with
 #                  glibc's defaults Python pays a page fault per fresh page of every large tensor, every step;
 #   compute-limit: twice the images/s of one process doing only forward, backward, SGD step on ready batches
-#                  (bench/train_compute_bench.cpp).
+#                  (bench/train_compute_bench.cpp); besides, without a target, compute-concurrent: the sum of two
+#                  such processes run at the same time (sharing caches and memory bandwidth as two ranks do).
 # All four run back to back in each repeat; a run's images/s is the median over its epochs after the first (which
 # pays for start-up and DDP's bucket rebuild). Prints each run, then per model the medians and ranges over repeats,
 # the paired ratios (per repeat) with the issue's targets, and one JSON line per model and impl:
-#   {"impl": "ddprun"|"per-param"|"pytorch-ddp"|"compute-limit", "model": m, "ranks": 2, "images_per_sec": x, "test_acc1": a}
+#   {"impl": "ddprun"|"per-param"|"pytorch-ddp"|"compute-limit"|"compute-concurrent", "model": m, "ranks": 2, "images_per_sec": x, "test_acc1": a}
 #   scripts/bench/train_throughput.sh [--repeats R] [--epochs E] [--models "mnist_cnn mlp"] [--quick]
 # --quick: 1 repeat, 2 epochs, a few hundred samples (the ctest smoke run). Builds what it needs into ./build (or
 # $BUILD_DIR).
@@ -54,8 +55,8 @@ for ((r = 1; r <= repeats; r++)); do
       sync=ddp; [ "$impl" = per-param ] && sync=per-param
       rm -rf "$tmp/out"
       "${mpirun[@]}" "$build/bin/ddptrain" "${common[@]}" --threads 1 --grad-sync "$sync" --output-dir "$tmp/out" > /dev/null
-      ips=$(sed 's/.*"images_per_sec": \([0-9.e+]*\).*/\1/' "$tmp/out/metrics.jsonl" | median_after_first)
-      acc=$(tail -n 1 "$tmp/out/metrics.jsonl" | sed 's/.*"test_acc1": \([0-9.]*\).*/\1/')
+      ips=$(sed -n 's/.*"images_per_sec": \([0-9.e+]*\).*/\1/p' "$tmp/out/metrics.jsonl" | median_after_first)
+      acc=$(tail -n 1 "$tmp/out/metrics.jsonl" | sed -n 's/.*"test_acc1": \([0-9.]*\).*/\1/p')
       echo "$model $impl $r $ips $acc" >> "$tmp/results"
     done
     port=$((port + 1))
@@ -64,10 +65,16 @@ for ((r = 1; r <= repeats; r++)); do
     ips=$(sed -n 's/^pytorch_ddp epoch [0-9]*: .*images\/s \([0-9.]*\)$/\1/p' "$tmp/py" | median_after_first)
     acc=$(sed -n 's/.*"test_acc1": \([0-9.]*\).*/\1/p' "$tmp/py")
     echo "$model pytorch-ddp $r $ips $acc" >> "$tmp/results"
-    one=$("$build/bin/train_compute_bench" --model "$model" -b 64 --samples "$n" --epochs "$epochs" --ranks 2 --threads 1 |
-      sed -n 's/^RESULT .* images_per_sec //p')
+    compute=("$build/bin/train_compute_bench" --model "$model" -b 64 --samples "$n" --epochs "$epochs" --ranks 2 --threads 1)
+    one=$("${compute[@]}" | sed -n 's/^RESULT .* images_per_sec //p')
     echo "$model compute-limit $r $(awk -v x="$one" 'BEGIN { print 2 * x }') null" >> "$tmp/results"
-    grep "^$model .* $r [^ ]* [^ ]*$" "$tmp/results" | tail -n 4 |
+    # Not a target, but what the limit is when two processes share the machine's caches and memory bandwidth.
+    "${compute[@]}" > "$tmp/c1" & "${compute[@]}" > "$tmp/c2"; wait
+    both=$(sed -n 's/^RESULT .* images_per_sec //p' "$tmp/c1" "$tmp/c2" | awk '{ s += $1 } END { print s }')
+    echo "$model compute-concurrent $r $both null" >> "$tmp/results"
+    awk 'NF != 5 { exit 1 }' "$tmp/results" ||
+      { echo "train_throughput.sh: a run of $model printed no result: $(awk 'NF != 5' "$tmp/results")" >&2; exit 1; }
+    grep "^$model .* $r [^ ]* [^ ]*$" "$tmp/results" | tail -n 5 |
       awk '{ printf "run %d  %-9s %-13s images/s %8.1f  test_acc1 %s\n", $3, $1, $2, $4, $5 }'
   done
 done
@@ -82,7 +89,7 @@ for model in $models; do
     printf '%-9s %-13s images/s median %8.1f (range %.1f-%.1f, %d runs)  test_acc1 %s\n' "$model" "$impl" "$ips" "$lo" "$hi" "$runs" "$acc"
     json+=$(printf '{"impl": "%s", "model": "%s", "ranks": 2, "images_per_sec": %.1f, "test_acc1": %s}\\n' "$impl" "$model" "$ips" "$acc")
   done < "$tmp/stats"
-  for base in compute-limit pytorch-ddp per-param; do
+  for base in compute-limit compute-concurrent pytorch-ddp per-param; do
     case "$model/$base" in
       mnist_cnn/compute-limit) target=0.95 ;;
       mnist_cnn/pytorch-ddp) target=1.00 ;;
