@@ -310,8 +310,8 @@ class MpiCommunicator final : public Communicator {
     if (!initialized) {
       // Open MPI's progress loop spins while a collective waits for a peer; ours waits on the communication thread
       // while the rank's compute threads want the same cores, so let it yield (what Open MPI does by itself when it
-      // sees more ranks than cores). On 2 ranks x 1 thread on 2 cores, mnist_cnn trains ~25% faster (README). A
-      // value the user set wins; other MPIs ignore the variable.
+      // sees more ranks than cores). The training benchmark measured no difference beyond its noise (README,
+      // "Training throughput"). A value the user set wins; other MPIs ignore the variable.
       setenv("OMPI_MCA_mpi_yield_when_idle", "1", /*overwrite=*/0);
       check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &thread_level_), "MPI_Init_thread");
       owns_mpi_ = true;
