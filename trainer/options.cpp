@@ -61,7 +61,11 @@ po::options_description describe(TrainOptions& o) {
      "the warm-up's starting factor of the learning rate")
     ("output-dir", po::value(&o.output_dir)->default_value(o.output_dir),
      "where rank 0 writes checkpoint.pth, model_<epoch>.pth and metrics.jsonl")
-    ("resume", po::value(&o.resume), "a checkpoint to continue from (every rank loads it onto its own device)")
+    ("resume", po::value(&o.resume),
+     "a checkpoint to continue from (every rank loads it onto its own device), or auto: the newest one in --output-dir "
+     "that loads (checkpoint.pth, then model_<epoch>.pth from the highest epoch down), or start afresh if none is there")
+    ("keep-last", po::value(&o.keep_last)->default_value(o.keep_last),
+     "keep only the newest N model_<epoch>.pth files (0: all); checkpoint.pth is always the newest")
     ("start-epoch", po::value(&o.start_epoch)->default_value(o.start_epoch),
      "first epoch to train (with --resume, the checkpoint's epoch + 1 is used)")
     ("seed", po::value(&o.seed)->default_value(o.seed), "seed of weights, dropout and the data order")
@@ -183,6 +187,7 @@ ParseResult parse_options(int argc, const char* const argv[]) {
   if (o.lr_scheduler == "cosineannealinglr" && o.lr_warmup_epochs >= o.epochs)
     throw UsageError("--lr-warmup-epochs " + std::to_string(o.lr_warmup_epochs) + " leaves no epoch of --epochs " +
                      std::to_string(o.epochs) + " for cosineannealinglr; warm up for fewer epochs");
+  require(o.keep_last >= 0, "keep-last", o.keep_last, "must not be negative (0 keeps all)");
   require(o.seed >= 0, "seed", o.seed, "must not be negative");
   require(o.start_epoch >= 0, "start-epoch", o.start_epoch, "must not be negative");
   require(o.train_limit >= 0, "train-limit", o.train_limit, "must not be negative (0 means all)");

@@ -26,7 +26,8 @@ struct TrainOptions {
   std::string lr_warmup_method = "constant";  // linear or constant, as torchvision's default
   double lr_warmup_decay = 0.01;
   std::string output_dir = ".";
-  std::string resume;  // a checkpoint path, or empty
+  std::string resume;  // a checkpoint path, "auto" (the newest loadable one in output_dir), or empty
+  int keep_last = 0;   // per-epoch files model_<epoch>.pth kept (the newest ones); 0: all
   int start_epoch = 0;
   int64_t seed = 1;
   int64_t train_limit = 0;  // 0: the whole split

@@ -28,6 +28,7 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
@@ -260,11 +261,55 @@ class Run {
     if (ec) throw std::runtime_error("cannot create --output-dir '" + o_.output_dir + "': " + ec.message());
   }
 
+  // --resume PATH, or --resume auto: the newest checkpoint in --output-dir that every rank can load
+  // (checkpoint.pth, then model_<epoch>.pth from the highest epoch down), with a warning naming each newer file that
+  // failed and why; with none there yet, training starts from the beginning.
   void resume() {
+    std::string chosen;
+    if (o_.resume != "auto") {
+      load_checkpoint(o_.resume);
+      chosen = o_.resume;
+    } else {
+      // Rank 0's listing, so that every rank tries the same files in the same order.
+      const std::string listing = comm_.allgather_bytes(rank0_ ? join_lines(checkpoints_newest_first()) : "")[0];
+      std::vector<std::string> candidates;
+      std::istringstream lines(listing);
+      for (std::string line; std::getline(lines, line);) candidates.push_back(line);
+      for (const std::string& path : candidates) {
+        try {
+          load_checkpoint(path);
+          chosen = path;
+          break;
+        } catch (const comm::CollectiveFailure& e) {
+          if (rank0_) std::fprintf(stderr, "ddptrain: warning: --resume auto: skipping a newer file: %s\n", e.what());
+        }
+      }
+      comm::run_on_all_ranks(comm_, [&] {
+        if (chosen.empty() && !candidates.empty())
+          throw std::runtime_error("--resume auto: none of the " + std::to_string(candidates.size()) +
+                                   " checkpoints in --output-dir '" + o_.output_dir +
+                                   "' can be loaded (see the warnings above); move them away to start afresh");
+      });
+      if (chosen.empty()) {
+        if (rank0_)
+          std::printf("ddptrain: --resume auto: no checkpoint in '%s' yet; starting afresh\n", o_.output_dir.c_str());
+        return;
+      }
+    }
+    if (rank0_) {
+      std::printf("ddptrain: resumed from %s: continuing at epoch %d with lr %.6g\n", chosen.c_str(), start_epoch_,
+                  optimizer_->lr());
+      std::fflush(stdout);
+    }
+  }
+
+  // Model, optimizer, schedule and epoch from `path` on every rank, each onto its own device; CollectiveFailure on
+  // every rank when any rank cannot.
+  void load_checkpoint(const std::string& path) {
     comm::run_on_all_ranks(comm_, [&] {
-      const std::string where = "--resume '" + o_.resume + "': ";
+      const std::string where = "--resume '" + path + "': ";
       try {
-        const Value saved = checkpoint::load(o_.resume, device_);
+        const Value saved = checkpoint::load(path, device_);
         if (!saved.is_mapping())
           throw std::runtime_error(std::string("holds a ") + saved.kind_name() +
                                    ", not a training checkpoint (a dict with model, optimizer, lr_scheduler, epoch)");
@@ -283,11 +328,39 @@ class Run {
         throw std::runtime_error(where + e.what());
       }
     });
-    if (rank0_) {
-      std::printf("ddptrain: resumed from %s: continuing at epoch %d with lr %.6g\n", o_.resume.c_str(), start_epoch_,
-                  optimizer_->lr());
-      std::fflush(stdout);
+  }
+
+  // checkpoint.pth, then the model_<epoch>.pth files from the highest epoch down, as found in --output-dir.
+  std::vector<std::string> checkpoints_newest_first() const {
+    std::vector<std::string> paths;
+    const std::string newest = o_.output_dir + "/checkpoint.pth";
+    std::error_code ec;
+    if (std::filesystem::exists(newest, ec)) paths.push_back(newest);
+    for (const auto& [epoch, path] : epoch_files()) paths.push_back(path);
+    return paths;
+  }
+
+  // The model_<epoch>.pth files in --output-dir, highest epoch first.
+  std::vector<std::pair<int64_t, std::string>> epoch_files() const {
+    std::vector<std::pair<int64_t, std::string>> files;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(o_.output_dir, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.size() <= std::strlen("model_.pth") || name.rfind("model_", 0) != 0 ||
+          name.compare(name.size() - 4, 4, ".pth") != 0)
+        continue;
+      const std::string number = name.substr(std::strlen("model_"), name.size() - std::strlen("model_.pth"));
+      if (number.find_first_not_of("0123456789") != std::string::npos) continue;
+      files.emplace_back(std::stoll(number), entry.path().string());
     }
+    std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    return files;
+  }
+
+  static std::string join_lines(const std::vector<std::string>& lines) {
+    std::string text;
+    for (const std::string& line : lines) text += line + "\n";
+    return text;
   }
 
   void train_one_epoch(int epoch, EpochMetrics& m) {
@@ -397,6 +470,16 @@ class Run {
       // Its own file, not a link to model_<epoch>.pth: a later torch.save over checkpoint.pth (as torchvision's
       // train.py does in the same folder) must not rewrite the per-epoch file.
       checkpoint::save(object, o_.output_dir + "/checkpoint.pth");
+      if (o_.keep_last > 0) {  // --keep-last N: the N newest per-epoch files stay
+        const auto files = epoch_files();
+        for (size_t i = static_cast<size_t>(o_.keep_last); i < files.size(); ++i) {
+          std::error_code ec;
+          std::filesystem::remove(files[i].second, ec);
+          if (ec)
+            std::fprintf(stderr, "ddptrain: warning: --keep-last: cannot remove %s: %s\n", files[i].second.c_str(),
+                         ec.message().c_str());
+        }
+      }
       append_line(o_.output_dir + "/metrics.jsonl", to_json(m));
       timeline_.write();  // the steps so far, rewritten after each epoch
     });
