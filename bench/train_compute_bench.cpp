@@ -31,6 +31,10 @@ int main(int argc, char** argv) {
   std::string model_name = "mnist_cnn", data_path = "/usr/share/datasets/fashion-mnist";
   int64_t batch = 64, samples = 12000;
   int epochs = 3, threads = 1, ranks = 2;
+  if (argc % 2 == 0) {
+    std::fprintf(stderr, "train_compute_bench: flag %s has no value\n", argv[argc - 1]);
+    return 2;
+  }
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--model")

@@ -239,7 +239,7 @@ class Run {
       std::vector<at::Tensor> state = params_;
       for (const at::Tensor& b : model_->buffers()) state.push_back(b);
       at::NoGradGuard no_grad;
-      for (const at::Tensor& t : state) comm_.broadcast(t, 0)->wait();
+      comm_.broadcast(state, 0)->wait();
       return;
     }
     DdpOptions ddp_options;
@@ -397,13 +397,16 @@ class Run {
         if (!steps_now && ddp_) no_sync.emplace(*ddp_);
         (window > 1 ? loss / static_cast<double>(window) : loss).backward();
       }
+      const auto backward_end = Clock::now();
       if (steps_now && !ddp_) average_gradients_per_parameter();
       const auto step_start = Clock::now();
       if (steps_now) optimizer_->step();
       if (timeline_.enabled()) {
         const std::string where = "\"epoch\": " + std::to_string(epoch) + ", \"step\": " + std::to_string(step);
         timeline_.span("forward", Timeline::kCompute, forward_start, backward_start, where);
-        timeline_.span("backward", Timeline::kCompute, backward_start, step_start, where);
+        timeline_.span("backward", Timeline::kCompute, backward_start, backward_end, where);
+        if (steps_now && !ddp_)  // --grad-sync per-param: its all-reduces, after backward
+          timeline_.span("all-reduce per parameter", Timeline::kAllReduce, backward_end, step_start, where);
         if (steps_now) timeline_.span("optimizer step", Timeline::kCompute, step_start, Clock::now(), where);
       }
       loss_sum += loss.item<double>() * static_cast<double>(indices.size(0));

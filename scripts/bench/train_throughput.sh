@@ -9,9 +9,10 @@
 #   compute-limit: twice the images/s of one process doing only forward, backward, SGD step on ready batches
 #                  (bench/train_compute_bench.cpp); besides, without a target, compute-concurrent: the sum of two
 #                  such processes run at the same time (sharing caches and memory bandwidth as two ranks do).
-# All four run back to back in each repeat; a run's images/s is the median over its epochs after the first (which
-# pays for start-up and DDP's bucket rebuild). Prints each run, then per model the medians and ranges over repeats,
-# the paired ratios (per repeat) with the targets, and one JSON line per model and impl:
+# All run back to back in each repeat (ddprun and per-param in alternating order); a run's images/s is the median
+# over its epochs after the first (which pays for start-up and DDP's bucket rebuild). Prints each run, then per model
+# the medians and ranges over repeats, the paired ratios (per repeat) with the targets, and one JSON line per
+# model and impl:
 #   {"impl": "ddprun"|"per-param"|"pytorch-ddp"|"compute-limit"|"compute-concurrent", "model": m, "ranks": 2, "images_per_sec": x, "test_acc1": a}
 #   scripts/bench/train_throughput.sh [--repeats R] [--epochs E] [--models "mnist_cnn mlp"] [--quick]
 # --quick: 1 repeat, 2 epochs, a few hundred samples (the ctest smoke run). Builds what it needs into ./build (or
@@ -51,7 +52,9 @@ for ((r = 1; r <= repeats; r++)); do
   for model in $models; do
     n=${samples[$model]}
     common=(--model "$model" -b 64 --epochs "$epochs" --train-limit "$n" --test-limit "$test_limit")
-    for impl in ddprun per-param; do
+    order="ddprun per-param"
+    [ $((r % 2)) -eq 0 ] && order="per-param ddprun"  # alternate, so that neither always runs first
+    for impl in $order; do
       sync=ddp; [ "$impl" = per-param ] && sync=per-param
       rm -rf "$tmp/out"
       "${mpirun[@]}" "$build/bin/ddptrain" "${common[@]}" --threads 1 --grad-sync "$sync" --output-dir "$tmp/out" > /dev/null
