@@ -705,7 +705,7 @@ class Reader {
       item.storage = it->second;
       return item;
     }
-    at::Tensor t = loader_(key, dtype, numel);
+    at::Tensor t = loader_(key, e[3].value.to_string(), dtype, numel);
     if (!t.defined() || t.dim() != 1 || t.scalar_type() != dtype || t.numel() != numel) {
       fail_at("storage '" + printable(key) + "' was not loaded as " + std::to_string(numel) + " elements of " +
               c10::toString(dtype));

@@ -15,9 +15,11 @@
 
 namespace ddprun::checkpoint {
 
-// Returns storage `key` as a 1-D tensor of `numel` elements of `dtype`, on the device the loaded tensors should
-// live on. Called once per key; the tensors built on it share its storage.
-using StorageLoader = std::function<at::Tensor(const std::string& key, c10::ScalarType dtype, int64_t numel)>;
+// Returns storage `key` (saved from device `location`, e.g. "cpu" or "cuda:1") as a 1-D tensor of `numel` elements
+// of `dtype`, on the device the loaded tensors should live on. Called once per key; the tensors built on it share
+// its storage.
+using StorageLoader = std::function<at::Tensor(const std::string& key, const std::string& location,
+                                               c10::ScalarType dtype, int64_t numel)>;
 
 // Unpickles `size` bytes at `data`. Accepted globals: collections.OrderedDict, torch._utils._rebuild_tensor_v2,
 // torch._utils._rebuild_parameter(_with_state) (both yield the tensor), torch.<X>Storage for the checkpoint dtypes,

@@ -5,6 +5,7 @@
 
 #include "checkpoint/pickle_reader.h"
 #include "checkpoint/pickle_writer.h"
+#include "checkpoint/zip_checksums.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/core/Storage.h>
@@ -16,10 +17,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 namespace ddprun::checkpoint {
@@ -37,34 +41,6 @@ std::string message_of(const std::exception& e) {
   if (const size_t nl = m.find('\n'); nl != std::string::npos) m.resize(nl);
   return m;
 }
-
-// Sequential writes to a file descriptor, for PyTorchStreamWriter. The writer cannot be told of an error without
-// being left unfinished (and its destructor would then throw), so the first error is kept, later writes are
-// dropped, and save() checks error() once the writer is done.
-class FdSink {
- public:
-  explicit FdSink(int fd) : fd_(fd) {}
-  size_t write(const void* data, size_t n) {
-    const char* p = static_cast<const char*>(data);
-    size_t left = error_ == 0 ? n : 0;
-    while (left > 0) {
-      const ssize_t w = ::write(fd_, p, left);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        error_ = errno;
-        break;
-      }
-      p += w;
-      left -= static_cast<size_t>(w);
-    }
-    return n;
-  }
-  int error() const { return error_; }
-
- private:
-  int fd_;
-  int error_ = 0;
-};
 
 // Positioned reads from a file descriptor it owns, for PyTorchStreamReader.
 class FdSource final : public caffe2::serialize::ReadAdapterInterface {
@@ -91,6 +67,23 @@ class FdSource final : public caffe2::serialize::ReadAdapterInterface {
   size_t size_;
 };
 
+// Reads from a buffer the caller keeps alive, for PyTorchStreamReader.
+class MemorySource final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  MemorySource(const void* data, size_t size) : data_(static_cast<const char*>(data)), size_(size) {}
+  size_t size() const override { return size_; }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* /*what*/) const override {
+    if (pos >= size_) return 0;
+    n = std::min<size_t>(n, size_ - pos);
+    std::memcpy(buf, data_ + pos, n);
+    return n;
+  }
+
+ private:
+  const char* data_;
+  size_t size_;
+};
+
 // Writes the whole storage behind record.tensor as "data/<key>": straight from memory for a CPU tensor, through a
 // CPU copy of that one storage otherwise.
 void write_storage(PyTorchStreamWriter& zip, const StorageRecord& record) {
@@ -108,117 +101,175 @@ void write_storage(PyTorchStreamWriter& zip, const StorageRecord& record) {
   zip.writeRecord(name, nbytes != 0 ? cpu.data_ptr() : &kEmpty, nbytes);
 }
 
-// fsyncs the folder that holds `path`, so that a rename into it survives a crash.
-void sync_parent_folder(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  const std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error("cannot open folder '" + folder + "': " + errno_text(errno));
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0 && err != EINVAL && err != ENOTSUP) {
-    throw std::runtime_error("cannot fsync folder '" + folder + "': " + errno_text(err));
-  }
-}
-
-std::tuple<at::DataPtr, size_t> get_record(PyTorchStreamReader& zip, const std::string& name) {
+// A record's bytes, checked against the CRC-32 the zip directory gives for it.
+std::tuple<at::DataPtr, size_t> get_record(PyTorchStreamReader& zip, const std::string& name,
+                                           const std::unordered_map<std::string, uint32_t>& checksums) {
+  std::tuple<at::DataPtr, size_t> record;
   try {
-    return zip.getRecord(name);
+    record = zip.getRecord(name);
   } catch (const std::exception& e) {
     throw std::runtime_error("record '" + name + "' is truncated or corrupt (" + message_of(e) + ")");
   }
+  const auto expected = checksums.find(name);
+  const uint32_t actual = crc32_of(std::get<0>(record).get(), std::get<1>(record));
+  if (expected == checksums.end() || expected->second != actual) {
+    char text[96];
+    std::snprintf(text, sizeof text, "its CRC-32 is %08x, the zip directory says %08x", actual,
+                  expected == checksums.end() ? 0U : expected->second);
+    throw std::runtime_error("record '" + name + "' is corrupt (" + text + ")");
+  }
+  return record;
 }
 
-}  // namespace
-
-void save(const Value& object, const std::string& path) {
-  const std::string temp = path + ".tmp." + std::to_string(::getpid());
-  int fd = -1;
-  bool temp_exists = false;
-  try {
-    const Pickle pickle = write_pickle(object);
-    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0666);
-    if (fd < 0) throw std::runtime_error("cannot create '" + temp + "': " + errno_text(errno));
-    temp_exists = true;
-    FdSink sink(fd);
-    {
-      PyTorchStreamWriter zip([&sink](const void* data, size_t n) { return sink.write(data, n); });
-      zip.writeRecord("data.pkl", pickle.bytes.data(), pickle.bytes.size());
-      zip.writeRecord("byteorder", "little", 6);  // what PyTorch 2.x writes; tensor data is little-endian
-      for (const StorageRecord& record : pickle.storages) {
-        if (sink.error() != 0) break;
-        write_storage(zip, record);
-      }
-      zip.writeEndOfFile();
-    }
-    if (sink.error() != 0) throw std::runtime_error(errno_text(sink.error()));
-    if (::fsync(fd) != 0) throw std::runtime_error("fsync: " + errno_text(errno));
-    const int rc = ::close(fd);
-    fd = -1;
-    if (rc != 0) throw std::runtime_error("close: " + errno_text(errno));
-    if (::rename(temp.c_str(), path.c_str()) != 0) {
-      throw std::runtime_error("cannot rename '" + temp + "' over it: " + errno_text(errno));
-    }
-    temp_exists = false;
-    sync_parent_folder(path);
-  } catch (const std::exception& e) {
-    if (fd >= 0) ::close(fd);
-    if (temp_exists) ::unlink(temp.c_str());
-    throw CheckpointError("cannot write checkpoint '" + path + "': " + message_of(e));
-  }
-}
-
-Value load(const std::string& path, const c10::Device& map_location) {
-  const std::string prefix = "cannot read checkpoint '" + path + "': ";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw CheckpointError(prefix + errno_text(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
-    const int err = S_ISDIR(st.st_mode) ? EISDIR : errno;
-    ::close(fd);
-    throw CheckpointError(prefix + errno_text(err));
-  }
-  const auto file = std::make_shared<FdSource>(fd, static_cast<size_t>(st.st_size));
-
+// Opens the zip in `source` and unpickles data.pkl, fetching each storage record as the pickle asks for it.
+Value load_zip(const std::shared_ptr<caffe2::serialize::ReadAdapterInterface>& source, const std::string& name,
+               const MapLocation& map_location) {
+  const std::string prefix = "cannot read checkpoint '" + name + "': ";
   char magic[4];
-  if (file->read(0, magic, sizeof magic, "") != sizeof magic || std::memcmp(magic, "PK\x03\x04", 4) != 0) {
-    throw CheckpointError("'" + path + "' is not a PyTorch checkpoint (not a zip file written by torch.save)");
+  if (source->read(0, magic, sizeof magic, "") != sizeof magic || std::memcmp(magic, "PK\x03\x04", 4) != 0) {
+    throw CheckpointError("'" + name + "' is not a PyTorch checkpoint (not a zip file written by torch.save)");
   }
   std::unique_ptr<PyTorchStreamReader> zip;
   try {
-    zip = std::make_unique<PyTorchStreamReader>(file);
+    zip = std::make_unique<PyTorchStreamReader>(source);
   } catch (const std::exception& e) {
     throw CheckpointError(prefix + "the file is truncated or corrupt (" + message_of(e) + ")");
   }
 
   try {
     if (!zip->hasRecord("data.pkl")) throw std::runtime_error("it has no data.pkl record (not written by torch.save)");
-    auto [pickle, pickle_size] = get_record(*zip, "data.pkl");
-    const StorageLoader loader = [&](const std::string& key, c10::ScalarType dtype, int64_t numel) {
-      const std::string name = "data/" + key;
-      if (!zip->hasRecord(name)) throw std::runtime_error("record '" + name + "' is missing");
+    std::unordered_map<std::string, uint32_t> checksums;
+    try {
+      checksums = zip_record_checksums(*source);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(std::string("the file is truncated or corrupt (") + e.what() + ")");
+    }
+    auto [pickle, pickle_size] = get_record(*zip, "data.pkl", checksums);
+    const StorageLoader loader = [&](const std::string& key, const std::string& location, c10::ScalarType dtype,
+                                     int64_t numel) {
+      const std::string record = "data/" + key;
+      if (!zip->hasRecord(record)) throw std::runtime_error("record '" + record + "' is missing");
       uint64_t nbytes;
       if (__builtin_mul_overflow(static_cast<uint64_t>(numel), c10::elementSize(dtype), &nbytes) ||
-          nbytes > file->size()) {
-        throw std::runtime_error("record '" + name + "' is truncated: the pickle needs " + std::to_string(numel) +
+          nbytes > source->size()) {
+        throw std::runtime_error("record '" + record + "' is truncated: the pickle needs " + std::to_string(numel) +
                                  " elements, more than the file holds");
       }
-      auto [data, size] = get_record(*zip, name);
+      const c10::Device device = map_location.device_for(location);
+      auto [data, size] = get_record(*zip, record, checksums);
       if (size < nbytes) {
-        throw std::runtime_error("record '" + name + "' is truncated: it holds " + std::to_string(size) +
+        throw std::runtime_error("record '" + record + "' is truncated: it holds " + std::to_string(size) +
                                  " bytes, the pickle needs " + std::to_string(nbytes));
       }
       c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<size_t>(nbytes), std::move(data), nullptr,
                            false);
       at::Tensor t = at::empty({0}, at::TensorOptions().dtype(dtype)).set_(storage, 0, {numel}, {1});
-      if (!map_location.is_cpu()) t = t.to(t.options().device(map_location));
+      if (!device.is_cpu()) {
+        try {
+          t = t.to(t.options().device(device));
+        } catch (const std::exception& e) {
+          throw std::runtime_error("cannot place storage '" + key + "' (saved on " + location + ") on " + device.str() +
+                                   ": " + message_of(e) + "; give a map_location for this machine");
+        }
+      }
       return t;
     };
     return read_pickle(pickle.get(), pickle_size, loader);
   } catch (const std::exception& e) {
     throw CheckpointError(prefix + message_of(e));
   }
+}
+
+// A device from its text ("cpu", "cuda:0"); std::invalid_argument naming `what` when it is not one.
+c10::Device parse_device(const std::string& text, const std::string& what) {
+  try {
+    return c10::Device(text);
+  } catch (const std::exception&) {
+    throw std::invalid_argument(what + " '" + text + "' is not a device (cpu, cuda or cuda:<index>)");
+  }
+}
+
+}  // namespace
+
+MapLocation MapLocation::parse(const std::string& mapping, c10::Device default_device) {
+  MapLocation result(default_device);
+  size_t begin = 0;
+  while (begin <= mapping.size()) {
+    size_t end = mapping.find(',', begin);
+    if (end == std::string::npos) end = mapping.size();
+    const std::string part = mapping.substr(begin, end - begin);
+    const size_t eq = part.find('=');
+    if (eq == std::string::npos)
+      throw std::invalid_argument("map_location entry '" + part + "' is not FROM=TO (like cuda:1=cuda:0)");
+    result.mapping_.emplace_back(parse_device(part.substr(0, eq), "map_location source"),
+                                 parse_device(part.substr(eq + 1), "map_location target"));
+    begin = end + 1;
+  }
+  return result;
+}
+
+c10::Device MapLocation::device_for(const std::string& saved_location) const {
+  for (const auto& [from, to] : mapping_) {
+    // "cuda" in a mapping stands for every CUDA device, as a saved "cuda" means cuda:0 to torch.load.
+    if (saved_location == from.str() || (!from.has_index() && saved_location.rfind(from.str(), 0) == 0)) return to;
+  }
+  return default_;
+}
+
+std::string MapLocation::to_string() const {
+  std::string text;
+  for (const auto& [from, to] : mapping_) text += from.str() + "=" + to.str() + ", ";
+  return text + (mapping_.empty() ? "everything to " : "others to ") + default_.str();
+}
+
+void save(const Value& object, const std::string& path, const WriteStageHook& hook) {
+  try {
+    const Pickle pickle = write_pickle(object);
+    size_t bytes = pickle.bytes.size();
+    for (const StorageRecord& record : pickle.storages)
+      bytes += static_cast<size_t>(record.numel) * c10::elementSize(record.dtype);
+    AtomicFile file(path, hook, bytes);
+    {
+      PyTorchStreamWriter zip([&file](const void* data, size_t n) {
+        file.write(data, n);
+        return n;
+      });
+      zip.writeRecord("data.pkl", pickle.bytes.data(), pickle.bytes.size());
+      zip.writeRecord("byteorder", "little", 6);  // what PyTorch 2.x writes; tensor data is little-endian
+      for (const StorageRecord& record : pickle.storages) write_storage(zip, record);
+      zip.writeEndOfFile();
+    }
+    file.commit();
+  } catch (const std::exception& e) {
+    throw CheckpointError("cannot write checkpoint '" + path + "': " + message_of(e));
+  }
+}
+
+void save_as(const Value& object, const std::vector<std::string>& paths, const WriteStageHook& hook) {
+  save(object, paths.at(0), hook);
+  for (size_t i = 1; i < paths.size(); ++i) {
+    try {
+      copy_file_atomically(paths[0], paths[i], hook);
+    } catch (const std::exception& e) {
+      throw CheckpointError("cannot write checkpoint '" + paths[i] + "': " + message_of(e));
+    }
+  }
+}
+
+Value load(const std::string& path, const MapLocation& map_location) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw CheckpointError("cannot read checkpoint '" + path + "': " + errno_text(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
+    const int err = S_ISDIR(st.st_mode) ? EISDIR : errno;
+    ::close(fd);
+    throw CheckpointError("cannot read checkpoint '" + path + "': " + errno_text(err));
+  }
+  return load_zip(std::make_shared<FdSource>(fd, static_cast<size_t>(st.st_size)), path, map_location);
+}
+
+Value load_from_memory(const void* data, size_t size, const std::string& name, const MapLocation& map_location) {
+  return load_zip(std::make_shared<MemorySource>(data, size), name, map_location);
 }
 
 }  // namespace ddprun::checkpoint

@@ -3,12 +3,16 @@
 // folder is written, fsynced and renamed over the target, and the folder is fsynced.
 #pragma once
 
+#include "checkpoint/atomic_file.h"
 #include "checkpoint/value.h"
 
 #include <c10/core/Device.h>
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace ddprun::checkpoint {
 
@@ -18,12 +22,40 @@ class CheckpointError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Where loaded storages go, like torch.load's map_location: by the location a storage was saved from ("cpu",
+// "cuda:1"), an explicit device from the mapping, else the default device.
+class MapLocation {
+ public:
+  MapLocation(c10::Device device = c10::Device(c10::kCPU)) : default_(device) {}  // NOLINT: a device maps everything
+  // "cuda:1=cuda:0,cpu=cuda:0": storages saved from the left-hand location go to the right-hand device, the others
+  // to `default_device`. Throws std::invalid_argument naming the bad part.
+  static MapLocation parse(const std::string& mapping, c10::Device default_device);
+
+  c10::Device device_for(const std::string& saved_location) const;
+  std::string to_string() const;  // "cuda:1=cuda:0, others to cpu"
+
+ private:
+  c10::Device default_;
+  std::vector<std::pair<c10::Device, c10::Device>> mapping_;
+};
+
 // Writes `object` to `path` as torch.save would (pickle protocol 2, tensors as storages through
-// torch._utils._rebuild_tensor_v2). Tensors on other devices are copied to the CPU; views keep sharing their storage.
-void save(const Value& object, const std::string& path);
+// torch._utils._rebuild_tensor_v2), atomically (see atomic_file.h; `hook` sees each stage). Each storage is written
+// from where it lies, a device storage through a CPU copy of that one storage: no second copy of the whole state.
+// Views keep sharing their storage.
+void save(const Value& object, const std::string& path, const WriteStageHook& hook = nullptr);
+
+// save() to paths[0], then a copy of that file to each further path, each atomically: one serialization, several
+// names (model_<epoch>.pth and checkpoint.pth).
+void save_as(const Value& object, const std::vector<std::string>& paths, const WriteStageHook& hook = nullptr);
 
 // Reads a file written by save() or by Python's torch.save, refusing any pickle global or opcode that
-// weights_only=True would refuse; tensors are placed on `map_location`.
-Value load(const std::string& path, const c10::Device& map_location = c10::Device(c10::kCPU));
+// weights_only=True would refuse; each storage is read once, straight into the tensor memory, on the device that
+// `map_location` gives for where it was saved.
+Value load(const std::string& path, const MapLocation& map_location = MapLocation());
+
+// The same from the bytes of a whole file in memory (one rank read it and broadcast it); `name` is for messages.
+Value load_from_memory(const void* data, size_t size, const std::string& name,
+                       const MapLocation& map_location = MapLocation());
 
 }  // namespace ddprun::checkpoint

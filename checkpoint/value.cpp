@@ -5,6 +5,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 
 namespace ddprun::checkpoint {
 namespace {
@@ -242,6 +243,44 @@ bool Value::operator==(const Value& other) const {
     }
   }
   return false;
+}
+
+namespace {
+
+Value deep_copy_of(const Value& v, const std::function<at::Tensor(const at::Tensor&)>& copy_tensor,
+                   std::unordered_map<const void*, Value>& copies) {
+  switch (v.kind()) {
+    case Value::Kind::Tensor:
+      return Value(copy_tensor(v.to_tensor()));
+    case Value::Kind::List:
+    case Value::Kind::Tuple: {
+      const void* id = &v.items();
+      if (auto it = copies.find(id); it != copies.end()) return it->second;
+      Value copy = v.kind() == Value::Kind::List ? Value::list() : Value::tuple();
+      copies.emplace(id, copy);
+      for (const Value& item : v.items()) copy.items().push_back(deep_copy_of(item, copy_tensor, copies));
+      return copy;
+    }
+    case Value::Kind::Dict:
+    case Value::Kind::OrderedDict: {
+      const void* id = &v.entries();
+      if (auto it = copies.find(id); it != copies.end()) return it->second;
+      Value copy = v.kind() == Value::Kind::Dict ? Value::dict() : Value::ordered_dict();
+      copies.emplace(id, copy);
+      for (const auto& [key, value] : v.entries())
+        copy.entries().emplace_back(deep_copy_of(key, copy_tensor, copies), deep_copy_of(value, copy_tensor, copies));
+      return copy;
+    }
+    default:
+      return v;  // scalars and strings are values
+  }
+}
+
+}  // namespace
+
+Value Value::deep_copy(const std::function<at::Tensor(const at::Tensor&)>& copy_tensor) const {
+  std::unordered_map<const void*, Value> copies;
+  return deep_copy_of(*this, copy_tensor, copies);
 }
 
 }  // namespace ddprun::checkpoint

@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -76,6 +77,10 @@ class Value {
   Value& set(Value key, Value value);
   // Appends to a list.
   Value& append(Value value);
+
+  // A copy of the whole tree: every list and dict is new (one that appears twice is copied once and stays shared),
+  // every tensor goes through `copy_tensor`.
+  Value deep_copy(const std::function<at::Tensor(const at::Tensor&)>& copy_tensor) const;
 
   // Deep. Kinds must match (1 != 1.0, list != tuple, dict != OrderedDict); dict entries compare in order;
   // tensors compare by dtype, sizes and the bytes of their values (strides and devices may differ).

@@ -1,6 +1,8 @@
 // Tests of the checkpoint module: Value, round trips through save()/load() (every dtype, shared and non-contiguous
 // views, nested containers, big and negative ints), refusal of unsafe or broken pickles and files with clear
 // messages, atomic saving, and interop with Python's torch.save/torch.load through tests/checkpoint/interop.py.
+#include "checkpoint/async_saver.h"
+#include "checkpoint/atomic_file.h"
 #include "checkpoint/pickle_reader.h"
 #include "checkpoint/pickle_writer.h"
 #include "checkpoint/torch_file.h"
@@ -8,14 +10,18 @@
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
 #include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -61,7 +67,7 @@ std::string runtime_error(const std::function<void()>& f) {
 }
 
 // A loader for read_pickle tests that never need a storage.
-at::Tensor no_storage(const std::string& key, c10::ScalarType, int64_t) {
+at::Tensor no_storage(const std::string& key, const std::string&, c10::ScalarType, int64_t) {
   throw std::runtime_error("unexpected storage " + key);
 }
 
@@ -543,7 +549,7 @@ TEST(PickleReaderTest, ReadsWhatPythonWrites) {
 }
 
 TEST(PickleReaderTest, RebuildsTensorsOnlyInsideTheirStorage) {
-  const auto loader = [](const std::string& key, c10::ScalarType dtype, int64_t numel) {
+  const auto loader = [](const std::string& key, const std::string&, c10::ScalarType dtype, int64_t numel) {
     EXPECT_EQ(key, "0");
     EXPECT_EQ(dtype, at::kFloat);
     return at::arange(numel, at::kFloat);
@@ -601,7 +607,7 @@ TEST(PickleReaderTest, RefusesCyclesAndDeepNestingWithoutCrashing) {
 
 TEST(PickleReaderTest, TruncatedOrCorruptPicklesThrowAndNeverCrash) {
   const Pickle pickle = write_pickle(make_cpp_object());
-  const StorageLoader loader = [&](const std::string& key, c10::ScalarType dtype, int64_t numel) {
+  const StorageLoader loader = [&](const std::string& key, const std::string&, c10::ScalarType dtype, int64_t numel) {
     for (const StorageRecord& r : pickle.storages) {
       if (r.key == key && r.dtype == dtype && r.numel == numel) {
         return at::empty({0}, r.tensor.options()).set_(r.tensor.storage(), 0, {numel}, {1});
@@ -765,6 +771,202 @@ TEST_F(CheckpointTest, FailedSaveKeepsTheOldFile) {
   EXPECT_EQ(checkpoint_error([&] { save(old, nowhere); }),
             "cannot write checkpoint '" + nowhere + "': cannot create '" + nowhere + ".tmp." +
                 std::to_string(::getpid()) + "': No such file or directory");
+}
+
+// A state big enough to be written with direct I/O, its size not a multiple of the 4 KiB block.
+Value big_object(float fill) {
+  const int64_t numel = static_cast<int64_t>(AtomicFile::kDirectMinBytes / 4) + 1234;
+  at::Tensor t = at::arange(numel, at::kFloat).add_(fill);
+  return Value::dict({{"w", t}, {"view", t.narrow(0, 7, 1000)}, {"fill", static_cast<double>(fill)}});
+}
+
+// Runs `child` in a forked process and returns its exit status (-1 if it died of a signal).
+int in_child(const std::function<int()>& child) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(child());
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST_F(CheckpointTest, DirectWritesRoundTripWithTheExactLength) {
+  const Value object = big_object(0.5F);
+  save(object, path("big.pt"));
+  EXPECT_EQ(load(path("big.pt")), object);
+  const Value loaded = load(path("big.pt"));
+  EXPECT_EQ(loaded.at("view").to_tensor().storage().data_ptr().get(),
+            loaded.at("w").to_tensor().storage().data_ptr().get());
+  // The second name is a byte-for-byte copy, also written directly.
+  save_as(object, {path("model_3.pt"), path("checkpoint.pt")});
+  EXPECT_EQ(read_file("model_3.pt"), read_file("checkpoint.pt"));
+  EXPECT_EQ(read_file("model_3.pt"), read_file("big.pt"));
+  EXPECT_EQ(files(), (std::vector<std::string>{"big.pt", "checkpoint.pt", "model_3.pt"}));
+}
+
+// A process killed at any stage of a save (its last act at that stage) leaves a file that loads: the old one before
+// the rename, the new one from then on; small (buffered) and large (direct I/O) files alike.
+TEST_F(CheckpointTest, ACrashAtEveryStageLeavesALoadableFile) {
+  for (const bool large : {false, true}) {
+    const Value old = large ? big_object(1) : Value::dict({{"epoch", 1}, {"w", at::arange(5, at::kFloat)}});
+    const Value next = large ? big_object(2) : Value::dict({{"epoch", 2}, {"w", at::arange(6, at::kFloat)}});
+    for (const WriteStage stage : {WriteStage::Created, WriteStage::Written, WriteStage::Synced, WriteStage::Renamed,
+                                   WriteStage::FolderSynced}) {
+      SCOPED_TRACE(std::string(large ? "large" : "small") + ", crash after " + to_string(stage));
+      save(old, path("ckpt.pt"));
+      const int status = in_child([&] {
+        try {
+          save(next, path("ckpt.pt"), [stage](WriteStage s) {
+            if (s == stage) ::_exit(42);  // the process dies here: no destructor, no clean-up
+          });
+        } catch (...) {
+          return 1;
+        }
+        return 0;
+      });
+      ASSERT_EQ(status, 42);
+      const Value found = load(path("ckpt.pt"));
+      EXPECT_EQ(found, stage < WriteStage::Renamed ? old : next);
+      for (const std::string& f : files()) fs::remove(path(f));
+    }
+  }
+}
+
+// Write errors (here the file-size limit, as a full disk would) name the path and the errno text, and leave the
+// previous checkpoint intact.
+TEST_F(CheckpointTest, AWriteErrorNamesThePathAndKeepsTheOldFile) {
+  for (const bool large : {false, true}) {
+    const Value old = Value::dict({{"epoch", 1}});
+    save(old, path("ckpt.pt"));
+    const Value next = large ? big_object(3) : Value::dict({{"w", at::zeros({1 << 20}, at::kFloat)}});
+    const std::string message_file = path("message.txt");
+    const int status = in_child([&] {
+      std::signal(SIGXFSZ, SIG_IGN);
+      const rlimit limit{1 << 20, 1 << 20};
+      ::setrlimit(RLIMIT_FSIZE, &limit);
+      try {
+        save(next, path("ckpt.pt"));
+      } catch (const CheckpointError& e) {
+        std::ofstream(message_file) << e.what();
+        return 0;
+      }
+      return 1;
+    });
+    ASSERT_EQ(status, 0);
+    const std::string temp = path("ckpt.pt") + ".tmp.";
+    const std::string message = read_file("message.txt");
+    EXPECT_EQ(message.rfind("cannot write checkpoint '" + path("ckpt.pt") + "': cannot write '" + temp, 0), 0u)
+        << message;
+    EXPECT_NE(message.find("': File too large"), std::string::npos) << message;
+    EXPECT_EQ(load(path("ckpt.pt")), old);
+    EXPECT_EQ(files(), (std::vector<std::string>{"ckpt.pt", "message.txt"}));
+    fs::remove(message_file);
+  }
+}
+
+TEST_F(CheckpointTest, ACorruptTensorRecordFailsItsChecksum) {
+  const at::Tensor w = at::arange(1000, at::kFloat);
+  save(Value::dict({{"w", w}}), path("ok.pt"));
+  std::string bytes = read_file("ok.pt");
+  // Float 500.0 is 0x43fa0000: find its bytes inside the record and flip one bit.
+  const std::string needle("\x00\x00\xfa\x43", 4);
+  const size_t at = bytes.find(needle);
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + 2] ^= 0x01;
+  write_file("flipped.pt", bytes);
+  const std::string message = checkpoint_error([&] { load(path("flipped.pt")); });
+  EXPECT_EQ(message.rfind(
+                "cannot read checkpoint '" + path("flipped.pt") + "': record 'data/0' is corrupt (its CRC-32 is ", 0),
+            0u)
+      << message;
+  EXPECT_NE(message.find(", the zip directory says "), std::string::npos) << message;
+}
+
+TEST_F(CheckpointTest, LoadFromMemoryReadsTheSameObject) {
+  save(make_cpp_object(), path("obj.pt"));
+  const std::string bytes = read_file("obj.pt");
+  EXPECT_EQ(load_from_memory(bytes.data(), bytes.size(), "broadcast"), make_cpp_object());
+  EXPECT_EQ(checkpoint_error([&] {
+              load_from_memory(bytes.data(), 100, "broadcast");
+            }).rfind("cannot read checkpoint 'broadcast': the file is truncated or corrupt", 0),
+            0u);
+}
+
+TEST(MapLocationTest, MapsSavedLocationsLikeTorchLoad) {
+  const MapLocation everything(c10::Device("cpu"));
+  EXPECT_EQ(everything.device_for("cuda:3"), c10::Device("cpu"));
+  const MapLocation mapping = MapLocation::parse("cuda:1=cuda:0,cpu=cuda:2", c10::Device("cuda:5"));
+  EXPECT_EQ(mapping.device_for("cuda:1"), c10::Device("cuda:0"));
+  EXPECT_EQ(mapping.device_for("cpu"), c10::Device("cuda:2"));
+  EXPECT_EQ(mapping.device_for("cuda:0"), c10::Device("cuda:5"));
+  EXPECT_EQ(mapping.to_string(), "cuda:1=cuda:0, cpu=cuda:2, others to cuda:5");
+  EXPECT_EQ(MapLocation::parse("cuda=cpu", c10::Device("cuda:0")).device_for("cuda:7"), c10::Device("cpu"));
+  const auto invalid = [](const std::string& spec) {
+    try {
+      MapLocation::parse(spec, c10::Device("cpu"));
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(invalid("cuda:1"), "map_location entry 'cuda:1' is not FROM=TO (like cuda:1=cuda:0)");
+  EXPECT_EQ(invalid("gpu:1=cpu"), "map_location source 'gpu:1' is not a device (cpu, cuda or cuda:<index>)");
+  EXPECT_EQ(invalid("cpu=cuda:x"), "map_location target 'cuda:x' is not a device (cpu, cuda or cuda:<index>)");
+}
+
+TEST(PickleReaderTest, PassesEachStoragesSavedLocationToTheLoader) {
+  std::vector<std::string> locations;
+  const StorageLoader loader = [&](const std::string&, const std::string& location, c10::ScalarType dtype,
+                                   int64_t numel) {
+    locations.push_back(location);
+    return at::zeros({numel}, dtype);
+  };
+  const std::string pkl =
+      B("\x80\x02"
+        "ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\n"
+        "X\x01\x00\x00\x00"
+        "0X\x06\x00\x00\x00"
+        "cuda:1K\x04tQK\x00K\x04\x85K\x01\x85\x89"
+        "ccollections\nOrderedDict\n)RtR.");
+  EXPECT_EQ(read_pickle(pkl.data(), pkl.size(), loader).to_tensor().numel(), 4);
+  EXPECT_EQ(locations, std::vector<std::string>{"cuda:1"});
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Saving in the background
+
+TEST_F(CheckpointTest, AsyncSaveWritesTheStateAsItWasWhenSaveReturned) {
+  AsyncSaver saver;
+  at::Tensor w = at::arange(10, at::kFloat);
+  const Value state = Value::dict({{"w", w}, {"tail", w.narrow(0, 5, 5)}, {"step", 1}});
+  const Value expected = Value::dict({{"w", w.clone()}, {"tail", w.narrow(0, 5, 5).clone()}, {"step", 1}});
+  saver.save(state, {path("model_0.pt"), path("checkpoint.pt")});
+  w.fill_(-1);  // training goes on and changes the weights
+  saver.wait();
+  const Value loaded = load(path("checkpoint.pt"));
+  EXPECT_EQ(loaded, expected);
+  EXPECT_EQ(loaded.at("tail").to_tensor().storage().data_ptr().get(),
+            loaded.at("w").to_tensor().storage().data_ptr().get());
+  EXPECT_EQ(read_file("model_0.pt"), read_file("checkpoint.pt"));
+  // The next save reuses the snapshot buffers and sees the new values.
+  saver.save(state, {path("checkpoint.pt")});
+  saver.wait();
+  EXPECT_EQ(load(path("checkpoint.pt")).at("w"), Value(at::full({10}, -1.0F)));
+  EXPECT_EQ(files(), (std::vector<std::string>{"checkpoint.pt", "model_0.pt"}));
+}
+
+TEST_F(CheckpointTest, AsyncSaveErrorsComeBackOnWaitAndTheNextSave) {
+  AsyncSaver saver;
+  const std::string nowhere = path("missing/checkpoint.pt");
+  saver.save(Value::dict({{"epoch", 1}}), {nowhere});
+  EXPECT_EQ(
+      checkpoint_error([&] { saver.wait(); }).rfind("cannot write checkpoint '" + nowhere + "': cannot create", 0), 0u);
+  saver.wait();  // reported once
+  saver.save(Value::dict({{"epoch", 2}}), {nowhere});
+  EXPECT_THROW(saver.save(Value::dict({{"epoch", 3}}), {path("ok.pt")}), CheckpointError);
+  saver.save(Value::dict({{"epoch", 3}}), {path("ok.pt")});
+  saver.wait();
+  EXPECT_EQ(load(path("ok.pt")).at("epoch").to_int(), 3);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

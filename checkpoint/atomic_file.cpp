@@ -1,0 +1,218 @@
+// AtomicFile: a temporary file next to the target, written, fsynced, renamed over the target, and the folder fsynced.
+#include "checkpoint/atomic_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+namespace ddprun::checkpoint {
+namespace {
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+// fsyncs the folder that holds `path`, so that a rename into it survives a crash.
+void sync_parent_folder(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("cannot open folder '" + folder + "': " + errno_text(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0 && err != EINVAL && err != ENOTSUP) {
+    throw std::runtime_error("cannot fsync folder '" + folder + "': " + errno_text(err));
+  }
+}
+
+constexpr size_t kBlock = 4096;                   // O_DIRECT's alignment of memory, offsets and lengths
+constexpr size_t kBufferBytes = size_t{4} << 20;  // under 10% of the smallest file written directly
+
+// Aligned buffers for direct writes, kept for the next file: fresh memory costs page faults on first touch.
+std::mutex buffers_mutex;
+std::vector<char*> free_buffers;
+
+char* take_buffer() {
+  {
+    std::lock_guard<std::mutex> lock(buffers_mutex);
+    if (!free_buffers.empty()) {
+      char* b = free_buffers.back();
+      free_buffers.pop_back();
+      return b;
+    }
+  }
+  void* b = nullptr;
+  return ::posix_memalign(&b, kBlock, kBufferBytes) == 0 ? static_cast<char*>(b) : nullptr;
+}
+
+void give_back(char* buffer) {
+  std::lock_guard<std::mutex> lock(buffers_mutex);
+  if (free_buffers.size() < 2) {
+    free_buffers.push_back(buffer);
+  } else {
+    std::free(buffer);
+  }
+}
+
+}  // namespace
+
+const char* to_string(WriteStage stage) {
+  switch (stage) {
+    case WriteStage::Created:
+      return "created";
+    case WriteStage::Written:
+      return "written";
+    case WriteStage::Synced:
+      return "synced";
+    case WriteStage::Renamed:
+      return "renamed";
+    case WriteStage::FolderSynced:
+      return "folder-synced";
+  }
+  return "?";
+}
+
+AtomicFile::AtomicFile(std::string path, WriteStageHook hook, size_t expected_bytes)
+    : path_(std::move(path)), temp_(path_ + ".tmp." + std::to_string(::getpid())), hook_(std::move(hook)) {
+  const int flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW;
+  if (expected_bytes >= kDirectMinBytes) {
+    fd_ = ::open(temp_.c_str(), flags | O_DIRECT, 0666);
+    if (fd_ >= 0) {
+      buffer_ = take_buffer();
+      if (buffer_ == nullptr) {  // no memory for the buffer: write through the page cache instead
+        ::close(fd_);
+        fd_ = -1;
+      }
+    }
+  }
+  if (fd_ < 0) fd_ = ::open(temp_.c_str(), flags, 0666);  // the file system refused O_DIRECT (tmpfs), or small
+  if (fd_ < 0) throw std::runtime_error("cannot create '" + temp_ + "': " + errno_text(errno));
+  stage(WriteStage::Created);
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(temp_.c_str());
+  if (buffer_ != nullptr) give_back(buffer_);
+}
+
+void AtomicFile::stage(WriteStage s) const {
+  if (hook_) hook_(s);
+}
+
+void AtomicFile::write_through(const void* data, size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (error_ == 0 && size > 0) {
+    const ssize_t w = ::write(fd_, p, size);
+    if (w < 0) {
+      if (errno != EINTR) error_ = errno;
+      continue;
+    }
+    if (w == 0) error_ = EIO;
+    p += w;
+    size -= static_cast<size_t>(w);
+    written_ += static_cast<size_t>(w);
+  }
+}
+
+void AtomicFile::write(const void* data, size_t size) {
+  if (!direct()) return write_through(data, size);
+  const char* p = static_cast<const char*>(data);
+  while (error_ == 0 && size > 0) {
+    const size_t n = std::min(size, kBufferBytes - buffered_);
+    std::memcpy(buffer_ + buffered_, p, n);
+    buffered_ += n;
+    p += n;
+    size -= n;
+    if (buffered_ == kBufferBytes) flush_buffer(false);
+  }
+}
+
+void AtomicFile::flush_buffer(bool last) {
+  // Whole blocks only; the last write is padded to a block and the file cut back to its length.
+  const size_t length = buffered_;
+  const size_t blocks = last ? (length + kBlock - 1) / kBlock * kBlock : length / kBlock * kBlock;
+  if (blocks > length) std::memset(buffer_ + length, 0, blocks - length);
+  const size_t file_end = written_ + length;
+  write_through(buffer_, blocks);
+  if (last) {
+    if (error_ == 0 && ::ftruncate(fd_, static_cast<off_t>(file_end)) != 0) error_ = errno;
+    written_ = file_end;
+    buffered_ = 0;
+    return;
+  }
+  std::memmove(buffer_, buffer_ + blocks, length - blocks);
+  buffered_ = length - blocks;
+}
+
+void AtomicFile::append_file(const std::string& source) {
+  // A direct copy reads the source with direct I/O too (where allowed), so neither file goes through the page cache.
+  int in = direct() ? ::open(source.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT) : -1;
+  if (in < 0) in = ::open(source.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) throw std::runtime_error("cannot open '" + source + "': " + errno_text(errno));
+  struct stat st {};
+  if (::fstat(in, &st) != 0) {
+    const int err = errno;
+    ::close(in);
+    throw std::runtime_error("cannot stat '" + source + "': " + errno_text(err));
+  }
+  off_t left = st.st_size;
+  bool kernel_copy = !direct();
+  char* chunk = nullptr;
+  while (error_ == 0 && left > 0) {
+    ssize_t n = -1;
+    if (kernel_copy) {
+      n = ::copy_file_range(in, nullptr, fd_, nullptr, static_cast<size_t>(left), 0);
+      if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
+        kernel_copy = false;  // another file system, or a kernel without it: copy through memory
+        continue;
+      }
+      if (n > 0) written_ += static_cast<size_t>(n);
+    } else {
+      if (chunk == nullptr && (chunk = take_buffer()) == nullptr) error_ = ENOMEM;
+      if (chunk == nullptr) break;
+      n = ::read(in, chunk, kBufferBytes);
+      if (n > 0) write(chunk, static_cast<size_t>(std::min<off_t>(n, left)));
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) error_ = errno;
+    if (n == 0) error_ = ENODATA;  // the source shrank while it was copied
+    if (n > 0) left -= n;
+  }
+  if (chunk != nullptr) give_back(chunk);
+  ::close(in);
+}
+
+void AtomicFile::commit() {
+  if (direct() && buffered_ > 0) flush_buffer(true);
+  if (error_ != 0) throw std::runtime_error("cannot write '" + temp_ + "': " + errno_text(error_));
+  stage(WriteStage::Written);
+  if (::fsync(fd_) != 0) throw std::runtime_error("cannot fsync '" + temp_ + "': " + errno_text(errno));
+  const int rc = ::close(fd_);
+  fd_ = -1;
+  if (rc != 0) throw std::runtime_error("cannot close '" + temp_ + "': " + errno_text(errno));
+  stage(WriteStage::Synced);
+  if (::rename(temp_.c_str(), path_.c_str()) != 0)
+    throw std::runtime_error("cannot rename '" + temp_ + "' over it: " + errno_text(errno));
+  committed_ = true;
+  stage(WriteStage::Renamed);
+  sync_parent_folder(path_);
+  stage(WriteStage::FolderSynced);
+}
+
+void copy_file_atomically(const std::string& from, const std::string& to, const WriteStageHook& hook) {
+  struct stat st {};
+  AtomicFile file(to, hook, ::stat(from.c_str(), &st) == 0 ? static_cast<size_t>(st.st_size) : 0);
+  file.append_file(from);
+  file.commit();
+}
+
+}  // namespace ddprun::checkpoint

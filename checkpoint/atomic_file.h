@@ -1,0 +1,64 @@
+// Writing a file so that a crash at any instant leaves either the old file or the new one, never a torn one: the
+// bytes go to a temporary file in the same folder, which is fsynced, renamed over the target, and the folder fsynced.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <string>
+
+namespace ddprun::checkpoint {
+
+// The points an atomic write passes, in order. A crash before Renamed leaves the old file (and a stray temporary);
+// from Renamed on, the new one.
+enum class WriteStage { Created, Written, Synced, Renamed, FolderSynced };
+const char* to_string(WriteStage stage);
+
+// Called after each stage; fault-injection tests end the process there to check that the target survives.
+using WriteStageHook = std::function<void(WriteStage)>;
+
+// Large files are written with direct I/O (O_DIRECT) through an aligned buffer: the bytes go from that buffer to the
+// disk without passing through the page cache, whose pages a write must first allocate and fill (on the VMs
+// measured here that allocation, not the disk, bounded buffered writes; see scripts/bench/checkpoint.sh). Where
+// the file system refuses O_DIRECT, writes are buffered.
+class AtomicFile {
+ public:
+  // Creates "<path>.tmp.<pid>"; throws std::runtime_error naming it and the errno text if it cannot.
+  // `expected_bytes`: about how large the file will be; from kDirectMinBytes on it is written with direct I/O.
+  explicit AtomicFile(std::string path, WriteStageHook hook = nullptr, size_t expected_bytes = 0);
+  ~AtomicFile();  // removes the temporary file unless commit() succeeded
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  // Appends bytes. The first error is kept and reported by commit(), so writers that cannot take an exception (a
+  // zip writer's callback) can call this freely.
+  void write(const void* data, size_t size);
+  // Copies the whole of the file at `source` (in the kernel where it can).
+  void append_file(const std::string& source);
+  // fsync, close, rename over the target, fsync the folder. Throws std::runtime_error with the step and the errno
+  // text; the target is then unchanged.
+  void commit();
+
+  const std::string& path() const { return path_; }
+  bool direct() const { return buffer_ != nullptr; }
+
+  static constexpr size_t kDirectMinBytes = size_t{64} << 20;
+
+ private:
+  void stage(WriteStage s) const;
+  void write_through(const void* data, size_t size);  // straight to fd_ (buffered mode, or whole aligned blocks)
+  void flush_buffer(bool last);                       // direct mode: writes the buffer's whole blocks (all, if last)
+
+  std::string path_, temp_;
+  WriteStageHook hook_;
+  int fd_ = -1;
+  int error_ = 0;  // the first errno a write met
+  bool committed_ = false;
+  char* buffer_ = nullptr;  // direct mode: kBufferBytes, aligned to kBlock
+  size_t buffered_ = 0;     // bytes in buffer_
+  size_t written_ = 0;      // bytes of the file written to fd_
+};
+
+// Copies `from` to `to` atomically (for a second name of a file just written, without serializing it again).
+void copy_file_atomically(const std::string& from, const std::string& to, const WriteStageHook& hook = nullptr);
+
+}  // namespace ddprun::checkpoint

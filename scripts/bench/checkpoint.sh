@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Checkpoint save/load speed and memory (issue 5's benchmark): ddprun's save and load, its --async-save stall, the
+# disk's ceiling (the same bytes with plain write+fsync and read), and Python's torch.save(+fsync)/torch.load, for a
+# ~1 GiB state of 64 float32 tensors and for resnet18 + SGD momentum state. Each repeat runs every implementation in
+# its own process, in an order that rotates per repeat; the summary gives medians, ranges and the ratios the issue
+# targets, then one JSON object per (impl, state, op) with the medians.
+#
+#   scripts/bench/checkpoint.sh [--repeats R] [--bytes N] [--dir DIR] [--quick]
+#
+# --dir must be on the disk being measured (default build/bench-checkpoint; not a tmpfs). --quick: 64 MiB, 1 repeat
+# (the ctest smoke run). Loads read the disk: each file is dropped from the page cache first (posix_fadvise).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repeats=3
+bytes=$((1 << 30))
+dir=build/bench-checkpoint
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --repeats) repeats="$2"; shift 2 ;;
+    --bytes) bytes="$2"; shift 2 ;;
+    --dir) dir="$2"; shift 2 ;;
+    --quick) repeats=1; bytes=$((64 << 20)); shift ;;
+    *) echo "checkpoint.sh: unknown flag $1 (--repeats, --bytes, --dir, --quick)" >&2; exit 2 ;;
+  esac
+done
+bench=build/bin/checkpoint_bench
+[ -x "$bench" ] || { echo "checkpoint.sh: $bench is missing; build first (scripts/build.sh)" >&2; exit 1; }
+mkdir -p "$dir"
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+
+echo "checkpoint.sh: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), dir $dir ($(df -T "$dir" | awk 'NR==2 {print $2}')), $repeats repeat(s), big state $bytes bytes"
+# One process per op: saves first (each leaves its file), then loads of those files.
+run() {  # OP IMPL STATE
+  if [ "$2" = torch ]; then
+    /usr/bin/python3 scripts/bench/checkpoint_torch.py --op "$1" --state "$3" --bytes "$bytes" --dir "$dir"
+  else
+    "$bench" --op "$1" --impl "$2" --state "$3" --bytes "$bytes" --dir "$dir"
+  fi | tee -a "$results" | sed "s/^/  repeat $((r + 1)): /"
+}
+savers=(raw ddprun ddprun-async torch)
+loaders=(raw ddprun torch)
+for ((r = 0; r < repeats; r++)); do
+  for state in big resnet18; do
+    for ((k = 0; k < ${#savers[@]}; k++)); do run save "${savers[$(((k + r) % ${#savers[@]}))]}" "$state"; done
+    for ((k = 0; k < ${#loaders[@]}; k++)); do run load "${loaders[$(((k + r) % ${#loaders[@]}))]}" "$state"; done
+  done
+done
+
+/usr/bin/python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+if not rows:
+    sys.exit("checkpoint.sh: no results")
+groups = {}
+for row in rows:
+    groups.setdefault((row["impl"], row["state"], row["op"]), []).append(row)
+
+def med(impl, state, op, key):
+    values = [r[key] for r in groups.get((impl, state, op), [])]
+    return statistics.median(values) if values else None
+
+def spread(impl, state, op, key):
+    values = [r[key] for r in groups.get((impl, state, op), [])]
+    return "%.3f-%.3f" % (min(values), max(values)) if values else "-"
+
+failed = []
+print("\nmedians (range) per state; GB/s are bytes of the file / seconds")
+for state in ("big", "resnet18"):
+    size = med("ddprun", state, "save", "bytes")
+    print("%s (%d bytes):" % (state, size))
+    for impl, op in (("raw", "save"), ("ddprun", "save"), ("ddprun-async", "save"), ("torch.save", "save"),
+                     ("raw", "load"), ("ddprun", "load"), ("torch.load", "load")):
+        if (impl, state, op) in groups:
+            print("  %-13s %-4s %7.3f GB/s (%s)  stall %.3f s  peak extra %.1f MiB" % (
+                impl, op, med(impl, state, op, "GBps"), spread(impl, state, op, "GBps"),
+                med(impl, state, op, "stall_s"), med(impl, state, op, "peak_extra_bytes") / 2**20))
+    ratios = [
+        ("save: ddprun / raw write+fsync", med("ddprun", state, "save", "GBps") / med("raw", state, "save", "GBps"), 0.95),
+        ("load: ddprun / raw read", med("ddprun", state, "load", "GBps") / med("raw", state, "load", "GBps"), 0.9),
+        ("save: ddprun / torch.save", med("ddprun", state, "save", "GBps") / med("torch.save", state, "save", "GBps"), 1.0),
+        ("load: ddprun / torch.load", med("ddprun", state, "load", "GBps") / med("torch.load", state, "load", "GBps"), 1.0),
+    ]
+    for name, value, target in ratios:
+        verdict = "met" if value >= target else "MISSED"
+        print("  %-34s %.2f (target >= %.2f: %s)" % (name, value, target, verdict))
+        if value < target:
+            failed.append(state + " " + name)
+    extra = med("ddprun", state, "save", "peak_extra_bytes") / size
+    print("  %-34s %.3f (target < 0.10: %s)" % ("sync save peak extra / size", extra, "met" if extra < 0.1 else "MISSED"))
+    stall = med("ddprun-async", state, "save", "stall_s") / med("ddprun", state, "save", "stall_s")
+    applies = size >= 256 * 2**20
+    print("  %-34s %.3f (target < 0.10 for >= 256 MiB: %s; first save's stall %.3f s)" % (
+        "async stall / sync save time", stall, ("met" if stall < 0.1 else "MISSED") if applies else "n/a",
+        med("ddprun-async", state, "save", "first_stall_s")))
+print()
+for (impl, state, op), _ in sorted(groups.items()):
+    print(json.dumps({"impl": impl if impl not in ("torch.load",) else "torch.save", "state": state, "op": op,
+                      "bytes": int(med(impl, state, op, "bytes")), "GBps": round(med(impl, state, op, "GBps"), 4),
+                      "peak_extra_bytes": int(med(impl, state, op, "peak_extra_bytes")),
+                      "stall_s": round(med(impl, state, op, "stall_s"), 4)}))
+PY
