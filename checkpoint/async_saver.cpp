@@ -40,12 +40,15 @@ AsyncSaver::~AsyncSaver() {
   if (thread_.joinable()) thread_.join();
 }
 
-void AsyncSaver::save(const Value& object, std::vector<std::string> paths, WriteStageHook hook) {
+void AsyncSaver::save(const Value& object, std::vector<std::string> paths, std::function<void()> on_saved,
+                      WriteStageHook hook) {
   wait();
   Value snapshot = snapshot_to_host(object, staging_);
-  thread_ = std::thread([this, snapshot = std::move(snapshot), paths = std::move(paths), hook = std::move(hook)] {
+  thread_ = std::thread([this, snapshot = std::move(snapshot), paths = std::move(paths), on_saved = std::move(on_saved),
+                         hook = std::move(hook)] {
     try {
       save_as(snapshot, paths, hook);
+      if (on_saved) on_saved();
     } catch (...) {
       error_ = std::current_exception();
     }

@@ -6,6 +6,7 @@
 #include "checkpoint/value.h"
 
 #include <exception>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -28,8 +29,9 @@ class AsyncSaver {
 
   // Waits for the previous write (rethrowing its CheckpointError), snapshots `object` into host buffers kept from
   // the previous save when they fit, and returns while a thread saves the snapshot to paths[0] and then copies that
-  // file to each further path, each atomically.
-  void save(const Value& object, std::vector<std::string> paths, WriteStageHook hook = nullptr);
+  // file to each further path, each atomically; then, if all went well, calls `on_saved` on that thread.
+  void save(const Value& object, std::vector<std::string> paths, std::function<void()> on_saved = nullptr,
+            WriteStageHook hook = nullptr);
   // Waits for the write in flight, if any; rethrows the CheckpointError it ended with.
   void wait();
   bool in_flight() const { return thread_.joinable(); }

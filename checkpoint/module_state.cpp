@@ -52,7 +52,7 @@ void load_module_state_dict(torch::nn::Module& module, const Value& state) {
   for (const auto& [key, value] : state.entries())
     saved[all_wrapped ? key.to_string().substr(7) : key.to_string()] = &value;
 
-  std::vector<std::string> missing, mismatched;
+  std::vector<std::string> missing, mismatched, wrong_dtype;
   std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // (destination, source)
   for (const auto& [name, destination] : named_state(module)) {
     auto found = saved.find(name);
@@ -65,6 +65,9 @@ void load_module_state_dict(torch::nn::Module& module, const Value& state) {
     } else if (!found->second->to_tensor().sizes().equals(destination.sizes())) {
       mismatched.push_back(name + " (saved " + c10::str(found->second->to_tensor().sizes()) + ", model has " +
                            c10::str(destination.sizes()) + ")");
+    } else if (found->second->to_tensor().scalar_type() != destination.scalar_type()) {
+      wrong_dtype.push_back(name + " (saved " + std::string(c10::toString(found->second->to_tensor().scalar_type())) +
+                            ", model has " + c10::toString(destination.scalar_type()) + ")");
     } else {
       copies.emplace_back(destination, found->second->to_tensor());
     }
@@ -72,11 +75,12 @@ void load_module_state_dict(torch::nn::Module& module, const Value& state) {
   }
   std::vector<std::string> unexpected;
   for (const auto& entry : saved) unexpected.push_back(entry.first);
-  if (!missing.empty() || !unexpected.empty() || !mismatched.empty()) {
+  if (!missing.empty() || !unexpected.empty() || !mismatched.empty() || !wrong_dtype.empty()) {
     std::string message = "model state does not match the model:";
     if (!missing.empty()) message += " missing " + join(missing) + ";";
     if (!unexpected.empty()) message += " unexpected " + join(unexpected) + ";";
     if (!mismatched.empty()) message += " wrong shape " + join(mismatched) + ";";
+    if (!wrong_dtype.empty()) message += " wrong dtype " + join(wrong_dtype) + ";";
     message.pop_back();
     throw std::runtime_error(message);
   }

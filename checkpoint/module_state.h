@@ -12,8 +12,8 @@ namespace ddprun::checkpoint {
 Value module_state_dict(const torch::nn::Module& module);
 
 // Copies every entry into the module's parameters and buffers (on their devices). Keys saved from a DDP-wrapped
-// Python model ("module." prefix) are accepted. Throws std::runtime_error listing missing and unexpected keys and
-// shape mismatches; the module is unchanged when it throws.
+// Python model ("module." prefix) are accepted. Throws std::runtime_error listing every missing and unexpected key
+// and every shape and dtype mismatch; the module is unchanged when it throws.
 void load_module_state_dict(torch::nn::Module& module, const Value& state);
 
 }  // namespace ddprun::checkpoint

@@ -25,6 +25,7 @@ std::string to_json(const EpochMetrics& m) {
          ", \"test_acc1\": " + number(m.test_acc1, "%.4f") +
          ", \"images_per_sec\": " + number(m.images_per_sec, "%.2f") + ", \"lr\": " + number(m.lr, "%.10g") +
          ", \"epoch_seconds\": " + number(m.epoch_seconds, "%.3f") +
+         ", \"checkpoint_stall_s\": " + number(m.checkpoint_stall_seconds, "%.4f") +
          ", \"world_size\": " + std::to_string(m.world_size) + "}";
 }
 

@@ -15,6 +15,7 @@ struct EpochMetrics {
   double images_per_sec = 0;
   double lr = 0;  // the learning rate the epoch trained with
   double epoch_seconds = 0;
+  double checkpoint_stall_seconds = 0;  // how long the epoch's checkpoints held training up (rank 0's view)
   int world_size = 1;
 };
 

@@ -1,6 +1,7 @@
 // Parses ddptrain's flags and --config INI files with Boost.Program_options and checks every value's range.
 #include "trainer/options.h"
 
+#include "checkpoint/torch_file.h"
 #include "comm/comm_options.h"
 #include "trainer/lr_scheduler.h"
 #include "trainer/optimizer.h"
@@ -66,6 +67,24 @@ po::options_description describe(TrainOptions& o) {
      "that loads (checkpoint.pth, then model_<epoch>.pth from the highest epoch down), or start afresh if none is there")
     ("keep-last", po::value(&o.keep_last)->default_value(o.keep_last),
      "keep only the newest N model_<epoch>.pth files (0: all); checkpoint.pth is always the newest")
+    ("save-every-steps", po::value(&o.save_every_steps)->default_value(o.save_every_steps),
+     "also write checkpoint.pth every K steps within an epoch, with what an exact resume needs (the step, every "
+     "rank's random state); 0: only at the end of each epoch. A multiple of --accum-steps")
+    ("async-save", po::bool_switch(&o.async_save)->default_value(false),
+     "rank 0 copies the state into host memory and writes it from a background thread while training goes on; the "
+     "next save, and the end of the run, wait for the write to land")
+    ("on-save-error", po::value(&o.on_save_error)->default_value(o.on_save_error),
+     "when a checkpoint cannot be written (disk full, permissions): stop the job, or continue with a warning (the "
+     "previous checkpoint stays intact either way)")
+    ("map-location", po::value(&o.map_location),
+     "where loaded storages go, by the device they were saved from, as in torch.load: FROM=TO[,FROM=TO...] "
+     "(e.g. cuda:1=cuda:0); the others go to the rank's own device")
+    ("resume-broadcast", po::bool_switch(&o.resume_broadcast)->default_value(false),
+     "rank 0 reads the checkpoint and broadcasts its bytes, instead of every rank opening the file (for file systems "
+     "that suffer when many ranks open one file)")
+    ("stop-after-steps", po::value(&o.stop_after_steps)->default_value(o.stop_after_steps),
+     "train this many steps in this run, write a checkpoint and exit (0: train to --epochs); --resume auto then "
+     "continues exactly there. For time-boxed jobs and resume tests. A multiple of --accum-steps")
     ("start-epoch", po::value(&o.start_epoch)->default_value(o.start_epoch),
      "first epoch to train (with --resume, the checkpoint's epoch + 1 is used)")
     ("seed", po::value(&o.seed)->default_value(o.seed), "seed of weights, dropout and the data order")
@@ -188,6 +207,25 @@ ParseResult parse_options(int argc, const char* const argv[]) {
     throw UsageError("--lr-warmup-epochs " + std::to_string(o.lr_warmup_epochs) + " leaves no epoch of --epochs " +
                      std::to_string(o.epochs) + " for cosineannealinglr; warm up for fewer epochs");
   require(o.keep_last >= 0, "keep-last", o.keep_last, "must not be negative (0 keeps all)");
+  require(o.accum_steps >= 1, "accum-steps", o.accum_steps, "must be at least 1");
+  require(o.save_every_steps >= 0, "save-every-steps", o.save_every_steps, "must not be negative (0: per epoch only)");
+  if (o.save_every_steps % o.accum_steps != 0)
+    throw UsageError("--save-every-steps " + std::to_string(o.save_every_steps) +
+                     " is not a multiple of --accum-steps " + std::to_string(o.accum_steps) +
+                     ": a checkpoint cannot hold half-accumulated gradients");
+  require(o.stop_after_steps >= 0, "stop-after-steps", o.stop_after_steps, "must not be negative (0: no stop)");
+  if (o.stop_after_steps % o.accum_steps != 0)
+    throw UsageError("--stop-after-steps " + std::to_string(o.stop_after_steps) +
+                     " is not a multiple of --accum-steps " + std::to_string(o.accum_steps) +
+                     ": a checkpoint cannot hold half-accumulated gradients");
+  require_one_of("on-save-error", o.on_save_error, {"stop", "continue"}, "choice");
+  if (!o.map_location.empty()) {
+    try {
+      checkpoint::MapLocation::parse(o.map_location, c10::Device(c10::kCPU));
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(std::string("--map-location: ") + e.what());
+    }
+  }
   require(o.seed >= 0, "seed", o.seed, "must not be negative");
   require(o.start_epoch >= 0, "start-epoch", o.start_epoch, "must not be negative");
   require(o.train_limit >= 0, "train-limit", o.train_limit, "must not be negative (0 means all)");
@@ -201,7 +239,6 @@ ParseResult parse_options(int argc, const char* const argv[]) {
         "--grad-sync per-param all-reduces full-precision gradients, zeros for unused parameters; drop "
         "--grad-compression and --find-unused-parameters, or use --grad-sync ddp");
   require(o.bucket_cap_mb > 0, "bucket-cap-mb", o.bucket_cap_mb, "must be positive");
-  require(o.accum_steps >= 1, "accum-steps", o.accum_steps, "must be at least 1");
   if (o.grad_compression != "none" && o.grad_compression != "fp16" && o.grad_compression != "bf16")
     throw UsageError("--grad-compression '" + o.grad_compression + "' is not known; choose none, fp16 or bf16");
   require(o.comm_timeout >= 0, "comm-timeout", o.comm_timeout, "must not be negative (0 means no limit)");

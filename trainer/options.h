@@ -26,8 +26,14 @@ struct TrainOptions {
   std::string lr_warmup_method = "constant";  // linear or constant, as torchvision's default
   double lr_warmup_decay = 0.01;
   std::string output_dir = ".";
-  std::string resume;  // a checkpoint path, "auto" (the newest loadable one in output_dir), or empty
-  int keep_last = 0;   // per-epoch files model_<epoch>.pth kept (the newest ones); 0: all
+  std::string resume;                  // a checkpoint path, "auto" (the newest loadable one in output_dir), or empty
+  int keep_last = 0;                   // per-epoch files model_<epoch>.pth kept (the newest ones); 0: all
+  int save_every_steps = 0;            // also write checkpoint.pth every K steps within an epoch; 0: only per epoch
+  bool async_save = false;             // rank 0 writes checkpoints from a background thread
+  std::string on_save_error = "stop";  // stop or continue when a checkpoint cannot be written
+  std::string map_location;            // FROM=TO[,FROM=TO...] for loaded storages; others go to the rank's device
+  bool resume_broadcast = false;       // rank 0 reads the --resume file and broadcasts it
+  int stop_after_steps = 0;            // train this many steps in this run, save and exit; 0: train to the end
   int start_epoch = 0;
   int64_t seed = 1;
   int64_t train_limit = 0;  // 0: the whole split

@@ -1,7 +1,10 @@
 // The training loop of ddptrain, as torchvision's classification reference runs it: train_one_epoch,
-// lr_scheduler.step(), evaluate, save {"model", "optimizer", "lr_scheduler", "epoch", "args"} on rank 0.
+// lr_scheduler.step(), evaluate, save {"model", "optimizer", "lr_scheduler", "epoch", "args"} on rank 0, plus a
+// "ddprun" entry with what an exact resume needs (Python ignores it): the step within the epoch, the sampler's
+// position, every rank's random state, the world size and the format version.
 #include "trainer/trainer.h"
 
+#include "checkpoint/async_saver.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
 #include "comm/agreement.h"
@@ -14,11 +17,13 @@
 #include "trainer/metrics.h"
 #include "trainer/models.h"
 #include "trainer/optimizer.h"
+#include "trainer/rank_state.h"
 #include "trainer/timeline.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/nll_loss.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -35,6 +40,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <optional>
 #include <sstream>
 
@@ -43,6 +50,9 @@ namespace {
 
 using checkpoint::Value;
 using Clock = std::chrono::steady_clock;
+
+// The layout of the "ddprun" entry; a checkpoint from a newer layout is refused rather than misread.
+constexpr int64_t kCheckpointFormat = 1;
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
@@ -89,10 +99,12 @@ std::string run_fingerprint(const TrainOptions& o, int64_t train_size, int64_t t
       << "\nlr-scheduler " << o.lr_scheduler << "\nlr-step-size " << o.lr_step_size << "\nlr-gamma "
       << exact(o.lr_gamma) << "\nlr-min " << exact(o.lr_min) << "\nlr-warmup-epochs " << o.lr_warmup_epochs
       << "\nlr-warmup-method " << o.lr_warmup_method << "\nlr-warmup-decay " << exact(o.lr_warmup_decay) << "\nseed "
-      << o.seed << "\nstart-epoch " << o.start_epoch << "\nresume " << o.resume << "\nbackend " << o.backend
-      << "\ngrad-sync " << o.grad_sync << "\nbucket-cap-mb " << exact(o.bucket_cap_mb) << "\naccum-steps "
-      << o.accum_steps << "\nfind-unused-parameters " << o.find_unused_parameters << "\ngrad-compression "
-      << o.grad_compression << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
+      << o.seed << "\nstart-epoch " << o.start_epoch << "\nresume " << o.resume << "\nresume-broadcast "
+      << o.resume_broadcast << "\nsave-every-steps " << o.save_every_steps << "\nasync-save " << o.async_save
+      << "\non-save-error " << o.on_save_error << "\nbackend " << o.backend << "\ngrad-sync " << o.grad_sync
+      << "\nbucket-cap-mb " << exact(o.bucket_cap_mb) << "\naccum-steps " << o.accum_steps
+      << "\nfind-unused-parameters " << o.find_unused_parameters << "\ngrad-compression " << o.grad_compression
+      << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
   return out.str();
 }
 
@@ -122,6 +134,10 @@ Value args_dict(const TrainOptions& o) {
                       {"lr_warmup_decay", o.lr_warmup_decay},
                       {"output_dir", o.output_dir},
                       {"resume", o.resume},
+                      {"keep_last", o.keep_last},
+                      {"save_every_steps", o.save_every_steps},
+                      {"async_save", o.async_save},
+                      {"on_save_error", o.on_save_error},
                       {"start_epoch", o.start_epoch},
                       {"seed", o.seed},
                       {"train_limit", o.train_limit},
@@ -151,7 +167,8 @@ class Run {
       m.world_size = comm_.size();
       m.lr = optimizer_->lr();
       const auto start = Clock::now();
-      train_one_epoch(epoch, m);
+      train_one_epoch(epoch, m, epoch == start_epoch_ ? resume_step_ : 0);
+      if (stopped_mid_epoch_) break;  // --stop-after-steps: its checkpoint is written
       scheduler_->step();
       m.test_acc1 = evaluate();
       m.epoch_seconds = seconds_since(start);
@@ -159,8 +176,18 @@ class Run {
         std::printf("%s\n", to_text(m, o_.epochs).c_str());
         std::fflush(stdout);
       }
-      save_checkpoint(epoch, m);
+      save_checkpoint(epoch, 0, &m);
+      if (stop_requested_) break;
     }
+    // The last write must land before the job reports success (with --async-save it may still be going).
+    comm::run_on_all_ranks(comm_, [&] {
+      if (async_saver_) finish_async_save();
+    });
+    if (stop_requested_ && rank0_)
+      std::printf(
+          "ddptrain: stopped after %d steps as --stop-after-steps asked; checkpoint saved in %s; continue with "
+          "--resume auto\n",
+          o_.stop_after_steps, o_.output_dir.c_str());
   }
 
  private:
@@ -229,7 +256,10 @@ class Run {
     schedule.warmup_decay = o_.lr_warmup_decay;
     scheduler_ = make_lr_schedule(*optimizer_, schedule);
     start_epoch_ = o_.start_epoch;
+    map_location_ = o_.map_location.empty() ? checkpoint::MapLocation(device_)
+                                            : checkpoint::MapLocation::parse(o_.map_location, device_);
     if (!o_.resume.empty()) resume();
+    if (rank0_ && o_.async_save) async_saver_ = std::make_unique<checkpoint::AsyncSaver>();
     sampler_ = std::make_unique<DistributedSampler>(train_data_.size(), comm_.rank(), comm_.size(), true, o_.seed);
 
     // Every rank starts from rank 0's weights and buffers (they differ only if a rank was seeded or resumed
@@ -297,8 +327,8 @@ class Run {
       }
     }
     if (rank0_) {
-      std::printf("ddptrain: resumed from %s: continuing at epoch %d with lr %.6g\n", chosen.c_str(), start_epoch_,
-                  optimizer_->lr());
+      std::printf("ddptrain: resumed from %s: continuing at epoch %d%s with lr %.6g\n", chosen.c_str(), start_epoch_,
+                  resume_step_ > 0 ? (", step " + std::to_string(resume_step_)).c_str() : "", optimizer_->lr());
       std::fflush(stdout);
     }
   }
@@ -306,10 +336,16 @@ class Run {
   // Model, optimizer, schedule and epoch from `path` on every rank, each onto its own device; CollectiveFailure on
   // every rank when any rank cannot.
   void load_checkpoint(const std::string& path) {
+    // --resume-broadcast: rank 0 reads the file's bytes and every rank unpickles them from memory.
+    at::Tensor file_bytes;
+    if (o_.resume_broadcast) file_bytes = broadcast_file(path);
     comm::run_on_all_ranks(comm_, [&] {
       const std::string where = "--resume '" + path + "': ";
       try {
-        const Value saved = checkpoint::load(path, device_);
+        const Value saved = file_bytes.defined() ? checkpoint::load_from_memory(file_bytes.data_ptr(),
+                                                                                static_cast<size_t>(file_bytes.numel()),
+                                                                                path, map_location_)
+                                                 : checkpoint::load(path, map_location_);
         if (!saved.is_mapping())
           throw std::runtime_error(std::string("holds a ") + saved.kind_name() +
                                    ", not a training checkpoint (a dict with model, optimizer, lr_scheduler, epoch)");
@@ -322,12 +358,81 @@ class Run {
         optimizer_->load_state_dict(saved.at("optimizer"));
         scheduler_->load_state_dict(saved.at("lr_scheduler"));
         start_epoch_ = static_cast<int>(saved.at("epoch").to_int()) + 1;
+        load_resume_position(saved);
       } catch (const checkpoint::CheckpointError& e) {
         throw std::runtime_error(e.what());
       } catch (const std::exception& e) {
         throw std::runtime_error(where + e.what());
       }
     });
+  }
+
+  // Rank 0 reads `path` whole; every rank gets its bytes (in pieces of at most 256 MiB, within MPI's counts).
+  at::Tensor broadcast_file(const std::string& path) {
+    at::Tensor size = at::zeros({1}, at::kLong);
+    std::string bytes;
+    comm::run_on_all_ranks(comm_, [&] {
+      if (!rank0_) return;
+      std::ifstream in(path, std::ios::binary);
+      if (!in) throw std::runtime_error("cannot read checkpoint '" + path + "': " + std::strerror(errno));
+      bytes.assign(std::istreambuf_iterator<char>(in), {});
+      size[0] = static_cast<int64_t>(bytes.size());
+    });
+    comm_.broadcast(size, 0)->wait();
+    at::Tensor data = at::empty({size.item<int64_t>()}, at::kByte);
+    if (rank0_ && !bytes.empty()) std::memcpy(data.data_ptr(), bytes.data(), bytes.size());
+    std::string().swap(bytes);
+    constexpr int64_t kPiece = int64_t{256} << 20;
+    for (int64_t begin = 0; begin < data.numel(); begin += kPiece) {
+      at::Tensor piece = data.narrow(0, begin, std::min(kPiece, data.numel() - begin));
+      comm_.broadcast(piece, 0)->wait();
+    }
+    return data;
+  }
+
+  // Where in the epoch to go on, from the "ddprun" entry (none: the checkpoint is from the end of an epoch, as
+  // Python's torchvision writes them). Same world size and batch size: the saved step and this rank's random
+  // state, for an exact resume. Otherwise the data position is re-derived (the same number of samples seen) and
+  // the random streams start afresh, and rank 0 says so.
+  void load_resume_position(const Value& saved) {
+    resume_step_ = 0;
+    resume_rank_state_.reset();
+    const Value* extra = saved.find("ddprun");
+    if (extra == nullptr) return;
+    const int64_t format = extra->at("format_version").to_int();
+    if (format > kCheckpointFormat)
+      throw std::runtime_error("was written by a newer ddprun (checkpoint format " + std::to_string(format) +
+                               ", this one reads up to " + std::to_string(kCheckpointFormat) + "); update ddptrain");
+    const int64_t world = extra->at("world_size").to_int(), batch = extra->at("batch_size").to_int();
+    const Value& sampler = extra->at("sampler");
+    const int64_t position = sampler.at("position").to_int();  // samples per rank already trained in the epoch
+    if (sampler.at("epoch").to_int() != start_epoch_)
+      throw std::runtime_error("is inconsistent: its sampler is at epoch " +
+                               std::to_string(sampler.at("epoch").to_int()) + " but its 'epoch' entry says " +
+                               std::to_string(start_epoch_ - 1) + " was the last");
+    const Value& ranks = extra->at("rank_states");
+    if (world == comm_.size() && batch == o_.batch_size) {
+      resume_step_ = static_cast<int>(position / o_.batch_size);
+      if (static_cast<int64_t>(ranks.items().size()) != world)
+        throw std::runtime_error("holds " + std::to_string(ranks.items().size()) + " rank states for " +
+                                 std::to_string(world) + " ranks");
+      resume_rank_state_ = from_value(ranks.items()[static_cast<size_t>(comm_.rank())]);
+      if (sampler.at("seed").to_int() != o_.seed && rank0_)
+        std::fprintf(stderr,
+                     "ddptrain: warning: the checkpoint's data order was drawn with --seed %lld, this run has %lld: "
+                     "the rest of the epoch sees a different order\n",
+                     static_cast<long long>(sampler.at("seed").to_int()), static_cast<long long>(o_.seed));
+      return;
+    }
+    // The same number of samples seen across all ranks, in whole steps of this run.
+    resume_step_ = static_cast<int>(position * world / (o_.batch_size * comm_.size()));
+    if (rank0_)
+      std::printf(
+          "ddptrain: the checkpoint was written by %lld rank(s) with --batch-size %lld; this run has %d with %d: the "
+          "data order and the random streams are re-derived for this run, and epoch %d continues at step %d (the same "
+          "number of samples seen); training continues correctly but not bit-identically to an uninterrupted run\n",
+          static_cast<long long>(world), static_cast<long long>(batch), comm_.size(), o_.batch_size, start_epoch_,
+          resume_step_);
   }
 
   // checkpoint.pth, then the model_<epoch>.pth files from the highest epoch down, as found in --output-dir.
@@ -363,20 +468,31 @@ class Run {
     return text;
   }
 
-  void train_one_epoch(int epoch, EpochMetrics& m) {
+  // Trains steps [first_step, steps) of `epoch`; a first_step past 0 continues a mid-epoch checkpoint.
+  void train_one_epoch(int epoch, EpochMetrics& m, int64_t first_step) {
     model_->train();
     sampler_->set_epoch(epoch);
+    stall_seconds_ = 0;
     // Dropout draws from the global generator: seed it per (seed, rank, epoch) so that an epoch's randomness
-    // does not depend on how the run got there (a resume starts at an epoch boundary).
+    // does not depend on how the run got there; a mid-epoch checkpoint puts back the states it saved.
     torch::manual_seed(static_cast<uint64_t>(o_.seed) * 1000003ULL + static_cast<uint64_t>(comm_.rank()) * 7919ULL +
                        static_cast<uint64_t>(epoch));
+    epoch_loss_sum_ = 0;
+    epoch_samples_ = 0;
+    if (first_step > 0 && resume_rank_state_) {
+      comm::run_on_all_ranks(comm_, [&] { restore_rng(*resume_rank_state_, device_); });
+      epoch_loss_sum_ = resume_rank_state_->loss_sum;
+      epoch_samples_ = resume_rank_state_->samples;
+    }
+    resume_rank_state_.reset();
     const at::Tensor order = sampler_->indices();
     const int64_t samples = order.size(0);
     const int64_t steps = (samples + o_.batch_size - 1) / o_.batch_size;
+    first_step = std::min(first_step, steps);
+    const int64_t samples_before = epoch_samples_;
     ProgressLine progress(rank0_ && progress_wanted());
-    double loss_sum = 0;
     const auto start = Clock::now();
-    for (int64_t step = 0; step < steps; ++step) {
+    for (int64_t step = first_step; step < steps; ++step) {
       const int64_t begin = step * o_.batch_size;
       const at::Tensor indices = order.narrow(0, begin, std::min<int64_t>(o_.batch_size, samples - begin));
       auto [images, labels] = make_batch(train_data_, indices);
@@ -409,20 +525,37 @@ class Run {
           timeline_.span("all-reduce per parameter", Timeline::kAllReduce, backward_end, step_start, where);
         if (steps_now) timeline_.span("optimizer step", Timeline::kCompute, step_start, Clock::now(), where);
       }
-      loss_sum += loss.item<double>() * static_cast<double>(indices.size(0));
-      progress.update(epoch, step, steps, loss_sum / static_cast<double>(begin + indices.size(0)),
-                      static_cast<double>((begin + indices.size(0)) * comm_.size()) / seconds_since(start));
+      epoch_loss_sum_ += loss.item<double>() * static_cast<double>(indices.size(0));
+      epoch_samples_ += indices.size(0);
+      progress.update(epoch, step, steps, epoch_loss_sum_ / static_cast<double>(epoch_samples_),
+                      static_cast<double>((epoch_samples_ - samples_before) * comm_.size()) / seconds_since(start));
+      // --stop-after-steps N: this run's N-th step is its last (at the epoch's end, the epoch finishes as usual).
+      if (steps_now && o_.stop_after_steps > 0 && ++steps_run_ >= o_.stop_after_steps) {
+        stop_requested_ = true;
+        if (step + 1 < steps) {
+          progress.finish();
+          save_checkpoint(epoch, step + 1, nullptr);
+          stopped_mid_epoch_ = true;
+          break;
+        }
+      }
+      // --save-every-steps K: a mid-epoch checkpoint after every K-th step (the epoch's end saves anyway).
+      if (!stop_requested_ && o_.save_every_steps > 0 && (step + 1) % o_.save_every_steps == 0 && step + 1 < steps) {
+        progress.finish();
+        save_checkpoint(epoch, step + 1, nullptr);
+      }
     }
     progress.finish();
-    at::Tensor totals = at::zeros({2}, at::kDouble);
-    totals[0] = loss_sum;
-    totals[1] = static_cast<double>(samples);
+    at::Tensor totals = at::zeros({3}, at::kDouble);
+    totals[0] = epoch_loss_sum_;
+    totals[1] = static_cast<double>(epoch_samples_);
+    totals[2] = static_cast<double>(epoch_samples_ - samples_before);  // trained by this run (for images/s)
     comm_.allreduce(totals, comm::ReduceOp::Sum)->wait();
     at::Tensor slowest = at::zeros({1}, at::kDouble);
     slowest[0] = seconds_since(start);
     comm_.allreduce(slowest, comm::ReduceOp::Max)->wait();
     m.train_loss = totals[0].item<double>() / totals[1].item<double>();
-    m.images_per_sec = totals[1].item<double>() / slowest[0].item<double>();
+    m.images_per_sec = totals[2].item<double>() / slowest[0].item<double>();
   }
 
   // --grad-sync per-param: pytorch/examples' cpp/distributed baseline once backward has finished: one all-reduce (sum)
@@ -459,33 +592,105 @@ class Run {
     return 100.0 * static_cast<double>(counts[0].item<int64_t>()) / static_cast<double>(counts[1].item<int64_t>());
   }
 
-  void save_checkpoint(int epoch, const EpochMetrics& m) {
+  // Every rank sends rank 0 its random state and loss so far; rank 0 writes checkpoint.pth (and, at the end of an
+  // epoch, model_<epoch>.pth) and the epoch's metrics; all ranks learn whether that worked before going on.
+  // next_step 0: the end of `epoch`; otherwise the step of `epoch` to continue at.
+  void save_checkpoint(int epoch, int64_t next_step, EpochMetrics* m) {
+    const auto start = Clock::now();
+    const std::vector<std::string> states =
+        comm_.allgather_bytes(encode(capture_rank_state(device_, epoch_loss_sum_, epoch_samples_)));
     comm::run_on_all_ranks(comm_, [&] {
       if (!rank0_) return;
       create_output_dir();
-      const Value object = Value::dict({{"model", checkpoint::module_state_dict(*model_)},
-                                        {"optimizer", optimizer_->state_dict()},
-                                        {"lr_scheduler", scheduler_->state_dict()},
-                                        {"epoch", static_cast<int64_t>(epoch)},
-                                        {"args", args_dict(o_)}});
-      const std::string path = o_.output_dir + "/model_" + std::to_string(epoch) + ".pth";
-      checkpoint::save(object, path);
+      std::vector<std::string> paths;
+      if (next_step == 0) paths.push_back(o_.output_dir + "/model_" + std::to_string(epoch) + ".pth");
       // Its own file, not a link to model_<epoch>.pth: a later torch.save over checkpoint.pth (as torchvision's
       // train.py does in the same folder) must not rewrite the per-epoch file.
-      checkpoint::save(object, o_.output_dir + "/checkpoint.pth");
-      if (o_.keep_last > 0) {  // --keep-last N: the N newest per-epoch files stay
-        const auto files = epoch_files();
-        for (size_t i = static_cast<size_t>(o_.keep_last); i < files.size(); ++i) {
-          std::error_code ec;
-          std::filesystem::remove(files[i].second, ec);
-          if (ec)
-            std::fprintf(stderr, "ddptrain: warning: --keep-last: cannot remove %s: %s\n", files[i].second.c_str(),
-                         ec.message().c_str());
-        }
+      paths.push_back(o_.output_dir + "/checkpoint.pth");
+      write_checkpoint(checkpoint_object(epoch, next_step, states), paths, next_step == 0);
+      if (m != nullptr) {
+        m->checkpoint_stall_seconds = stall_seconds_ + seconds_since(start);
+        append_line(o_.output_dir + "/metrics.jsonl", to_json(*m));
+        timeline_.write();  // the steps so far, rewritten after each epoch
       }
-      append_line(o_.output_dir + "/metrics.jsonl", to_json(m));
-      timeline_.write();  // the steps so far, rewritten after each epoch
     });
+    stall_seconds_ += seconds_since(start);
+  }
+
+  Value checkpoint_object(int epoch, int64_t next_step, const std::vector<std::string>& states) const {
+    Value ranks = Value::list();
+    for (const std::string& state : states) ranks.append(to_value(decode(state)));
+    const int64_t next_epoch = next_step == 0 ? epoch + 1 : epoch;
+    const Value extra = Value::dict(
+        {{"format_version", kCheckpointFormat},
+         {"world_size", comm_.size()},
+         {"batch_size", o_.batch_size},
+         {"step_in_epoch", next_step},
+         {"sampler",
+          Value::dict(
+              {{"seed", o_.seed}, {"epoch", next_epoch}, {"position", next_step * o_.batch_size}, {"shuffle", true}})},
+         {"rank_states", ranks}});
+    // "epoch" is the last finished epoch, as torchvision's train.py reads it (it resumes at epoch + 1).
+    return Value::dict({{"model", checkpoint::module_state_dict(*model_)},
+                        {"optimizer", optimizer_->state_dict()},
+                        {"lr_scheduler", scheduler_->state_dict()},
+                        {"epoch", next_epoch - 1},
+                        {"args", args_dict(o_)},
+                        {"ddprun", extra}});
+  }
+
+  // Rank 0: saves (or, with --async-save, snapshots and queues) `object` to `paths`; a write error stops the job or,
+  // with --on-save-error continue, is a warning.
+  void write_checkpoint(const Value& object, const std::vector<std::string>& paths, bool per_epoch) {
+    auto after_saved = [this, per_epoch] {
+      if (per_epoch) prune_epoch_files();
+    };
+    if (async_saver_) {
+      finish_async_save();  // the previous write: it must land before the next one starts
+      async_saver_->save(object, paths, after_saved);
+      return;
+    }
+    try {
+      checkpoint::save_as(object, paths);
+      after_saved();
+    } catch (const checkpoint::CheckpointError& e) {
+      report_save_error(e);
+    }
+  }
+
+  void finish_async_save() {
+    try {
+      async_saver_->wait();
+    } catch (const checkpoint::CheckpointError& e) {
+      report_save_error(e);
+    }
+  }
+
+  void report_save_error(const checkpoint::CheckpointError& e) const {
+    if (o_.on_save_error == "continue") {
+      std::fprintf(stderr,
+                   "ddptrain: warning: %s; training continues without this checkpoint (--on-save-error continue); "
+                   "the previous one is intact\n",
+                   e.what());
+      std::fflush(stderr);
+      return;
+    }
+    throw std::runtime_error(std::string(e.what()) +
+                             "; the previous checkpoint is intact: fix the disk or folder and resume with --resume "
+                             "auto (--on-save-error continue trains on without saving)");
+  }
+
+  // --keep-last N: the N newest per-epoch files stay.
+  void prune_epoch_files() const {
+    if (o_.keep_last <= 0) return;
+    const auto files = epoch_files();
+    for (size_t i = static_cast<size_t>(o_.keep_last); i < files.size(); ++i) {
+      std::error_code ec;
+      std::filesystem::remove(files[i].second, ec);
+      if (ec)
+        std::fprintf(stderr, "ddptrain: warning: --keep-last: cannot remove %s: %s\n", files[i].second.c_str(),
+                     ec.message().c_str());
+    }
   }
 
   const TrainOptions& o_;
@@ -501,7 +706,17 @@ class Run {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> scheduler_;
   std::unique_ptr<DistributedSampler> sampler_;
+  checkpoint::MapLocation map_location_;
+  std::unique_ptr<checkpoint::AsyncSaver> async_saver_;  // rank 0, --async-save
   int start_epoch_ = 0;
+  int resume_step_ = 0;                         // the step of start_epoch_ a mid-epoch checkpoint continues at
+  std::optional<RankState> resume_rank_state_;  // this rank's random state and loss from that checkpoint
+  double epoch_loss_sum_ = 0;                   // this rank's sum of per-sample losses in the current epoch
+  int64_t epoch_samples_ = 0;                   // and the samples in it
+  double stall_seconds_ = 0;                    // the current epoch's time in checkpoints so far
+  int64_t steps_run_ = 0;                       // optimizer steps of this run, for --stop-after-steps
+  bool stop_requested_ = false;                 // --stop-after-steps reached
+  bool stopped_mid_epoch_ = false;              // ... within an epoch, whose checkpoint is written
 };
 
 }  // namespace

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checkpoint save/load speed and memory (issue 5's benchmark): ddprun's save and load, its --async-save stall, the
 # disk's ceiling (the same bytes with plain write+fsync and read), and Python's torch.save(+fsync)/torch.load, for a
-# ~1 GiB state of 64 float32 tensors and for resnet18 + SGD momentum state. Each repeat runs every implementation in
+# ~1 GiB state of 64 float32 tensors and for resnet18 + SGD momentum state, and the stall per checkpoint inside a
+# ddptrain run with and without --async-save. Each repeat runs every implementation in
 # its own process, in an order that rotates per repeat; the summary gives medians, ranges and the ratios the issue
 # targets, then one JSON object per (impl, state, op) with the medians.
 #
@@ -47,6 +48,35 @@ for ((r = 0; r < repeats; r++)); do
   done
 done
 
+# The stall inside training: ddptrain, mlp with AdamW (weights and two moments, about 240 MB), 2 ranks, a checkpoint
+# after every 8th step and at the epoch's end, with and without --async-save: metrics.jsonl's checkpoint_stall_s
+# (the time the ranks were held by checkpoints in the epoch) per checkpoint.
+train_limit=4096
+[ "$bytes" -ge $((256 << 20)) ] || train_limit=1024
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+for ((r = 0; r < repeats; r++)); do
+  for mode in sync async; do
+    out="$dir/train-$mode"
+    rm -rf "$out"
+    flags=()
+    [ "$mode" = async ] && flags=(--async-save)
+    mpirun --oversubscribe -np 2 build/bin/ddptrain --model mlp --opt adamw --lr 0.001 -b 64 --epochs 1 \
+      --train-limit "$train_limit" --test-limit 256 --save-every-steps 8 --output-dir "$out" "${flags[@]}" > "$out.log" 2>&1 ||
+      { cat "$out.log" >&2; exit 1; }
+    saves=$(( (train_limit / 128 - 1) / 8 + 1 ))
+    /usr/bin/python3 -c '
+import json, os, sys
+m = json.loads(open(sys.argv[1]).readline())
+size = os.path.getsize(sys.argv[2])
+print(json.dumps({"impl": sys.argv[3], "state": "ddptrain-mlp-adamw", "op": "train-stall", "bytes": size,
+                  "seconds": m["checkpoint_stall_s"], "GBps": 0, "peak_extra_bytes": 0,
+                  "stall_s": m["checkpoint_stall_s"] / int(sys.argv[4])}))' \
+      "$out/metrics.jsonl" "$out/checkpoint.pth" "$([ "$mode" = async ] && echo ddprun-async || echo ddprun)" "$saves" |
+      tee -a "$results" | sed "s/^/  repeat $((r + 1)): /"
+    rm -rf "$out" "$out.log"
+  done
+done
+
 /usr/bin/python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
@@ -66,6 +96,14 @@ def spread(impl, state, op, key):
 
 failed = []
 print("\nmedians (range) per state; GB/s are bytes of the file / seconds")
+stall_sync = med("ddprun", "ddptrain-mlp-adamw", "train-stall", "stall_s")
+stall_async = med("ddprun-async", "ddptrain-mlp-adamw", "train-stall", "stall_s")
+if stall_sync:
+    print("ddptrain, mlp + AdamW (%d bytes per checkpoint), 2 ranks: training stall per checkpoint %.3f s (%s) "
+          "synchronous, %.3f s (%s) with --async-save: %.3f of it" % (
+              med("ddprun", "ddptrain-mlp-adamw", "train-stall", "bytes"), stall_sync,
+              spread("ddprun", "ddptrain-mlp-adamw", "train-stall", "stall_s"), stall_async,
+              spread("ddprun-async", "ddptrain-mlp-adamw", "train-stall", "stall_s"), stall_async / stall_sync))
 for state in ("big", "resnet18"):
     size = med("ddprun", state, "save", "bytes")
     print("%s (%d bytes):" % (state, size))
@@ -95,7 +133,7 @@ for state in ("big", "resnet18"):
         med("ddprun-async", state, "save", "first_stall_s")))
 print()
 for (impl, state, op), _ in sorted(groups.items()):
-    print(json.dumps({"impl": impl if impl not in ("torch.load",) else "torch.save", "state": state, "op": op,
+    print(json.dumps({"impl": "torch.save" if impl == "torch.load" else impl, "state": state, "op": op,
                       "bytes": int(med(impl, state, op, "bytes")), "GBps": round(med(impl, state, op, "GBps"), 4),
                       "peak_extra_bytes": int(med(impl, state, op, "peak_extra_bytes")),
                       "stall_s": round(med(impl, state, op, "stall_s"), 4)}))

@@ -3,6 +3,7 @@
 // messages, atomic saving, and interop with Python's torch.save/torch.load through tests/checkpoint/interop.py.
 #include "checkpoint/async_saver.h"
 #include "checkpoint/atomic_file.h"
+#include "checkpoint/module_state.h"
 #include "checkpoint/pickle_reader.h"
 #include "checkpoint/pickle_writer.h"
 #include "checkpoint/torch_file.h"
@@ -14,6 +15,8 @@
 #include <ATen/ops/zeros.h>
 #include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
 
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -930,6 +933,31 @@ TEST(PickleReaderTest, PassesEachStoragesSavedLocationToTheLoader) {
         "ccollections\nOrderedDict\n)RtR.");
   EXPECT_EQ(read_pickle(pkl.data(), pkl.size(), loader).to_tensor().numel(), 4);
   EXPECT_EQ(locations, std::vector<std::string>{"cuda:1"});
+}
+
+TEST(ModuleStateTest, EveryMismatchIsListedAndTheModuleIsLeftAlone) {
+  torch::nn::Sequential net(torch::nn::Linear(3, 2), torch::nn::Linear(2, 4));
+  const at::Tensor before = net->parameters()[0].clone();
+  const Value state = module_state_dict(*net);
+  Value bad = Value::ordered_dict();
+  bad.set("0.weight", at::zeros({2, 3}, at::kDouble));  // wrong dtype
+  bad.set("0.bias", at::zeros({5}));                    // wrong shape
+  bad.set("1.weight", state.at("1.weight"));
+  bad.set("extra.weight", at::zeros({1}));  // unexpected; 1.bias is missing
+  std::string message;
+  try {
+    load_module_state_dict(*net, bad);
+  } catch (const std::runtime_error& e) {
+    message = e.what();
+  }
+  EXPECT_EQ(message,
+            "model state does not match the model: missing 1.bias; unexpected extra.weight; wrong shape 0.bias "
+            "(saved [5], model has [2]); wrong dtype 0.weight (saved Double, model has Float)");
+  EXPECT_TRUE(net->parameters()[0].equal(before));
+  // Keys of a DDP-wrapped Python model load too.
+  Value wrapped = Value::ordered_dict();
+  for (const auto& [key, value] : state.entries()) wrapped.set("module." + key.to_string(), value);
+  load_module_state_dict(*net, wrapped);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -4,9 +4,7 @@ torch.load, then model / optimizer / lr_scheduler into pytorch/examples' MNIST N
   check_checkpoint.py PATH EPOCH LR   -> exits 0 when everything loads and matches, else prints why and exits 1
 """
 import os
-import pickletools
 import sys
-import zipfile
 
 import torch
 import torch.nn.functional as F
@@ -14,28 +12,21 @@ import torch.nn.functional as F
 # pytorch/examples mnist/main.py's Net, as the PyTorch DDP reference trains it.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "reference"))
 from pytorch_ddp_mnist import Net  # noqa: E402
-
-
-ALLOWED_GLOBALS = {"collections OrderedDict", "torch._utils _rebuild_tensor_v2"} | {
-    f"torch {t}Storage" for t in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
-}
-
-
-def audit_pickle(path):
-    """Every global the pickle names must be one torch.load(weights_only=True) accepts (PyTorch 2.x allow-list)."""
-    with zipfile.ZipFile(path) as z:
-        name = next(n for n in z.namelist() if n.endswith("/data.pkl"))
-        data = z.read(name)
-    for op, arg, _ in pickletools.genops(data):
-        if op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"):
-            if op.name != "GLOBAL" or arg not in ALLOWED_GLOBALS:
-                raise SystemExit(f"{path}: pickle uses {op.name} {arg!r}, which weights_only=True refuses")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "checkpoint"))
+from interop import audit  # noqa: E402  (every opcode and global against PyTorch 2.x's weights_only allow-list)
 
 
 def main(path, epoch, lr):
-    audit_pickle(path)
+    audit(path)
     ckpt = torch.load(path, map_location="cpu")
     assert set(ckpt) >= {"model", "optimizer", "lr_scheduler", "epoch", "args"}, sorted(ckpt)
+    # ddptrain's exact-resume entry: one random state per rank, each one Python's generator takes.
+    extra = ckpt["ddprun"]
+    assert extra["format_version"] == 1, extra["format_version"]
+    assert len(extra["rank_states"]) == extra["world_size"], (len(extra["rank_states"]), extra["world_size"])
+    assert extra["sampler"]["epoch"] == epoch + 1, extra["sampler"]  # "epoch" is the last finished one
+    for state in extra["rank_states"]:
+        torch.set_rng_state(state["cpu_rng_state"])
     assert ckpt["epoch"] == epoch, (ckpt["epoch"], epoch)
     model = Net()
     model.load_state_dict(ckpt["model"], strict=True)
