@@ -20,7 +20,7 @@ uint64_t le(const char* p, int bytes) {
 
 std::vector<char> read_at(const caffe2::serialize::ReadAdapterInterface& zip, uint64_t pos, size_t n) {
   std::vector<char> bytes(n);
-  if (pos > zip.size() || n > zip.size() - pos || zip.read(pos, bytes.data(), n, "zip directory") != n)
+  if (pos > zip.size() || n > zip.size() - pos || (n > 0 && zip.read(pos, bytes.data(), n, "zip directory") != n))
     throw std::runtime_error("the zip directory points outside the file");
   return bytes;
 }

@@ -13,6 +13,7 @@ packages=(
   dataset-fashion-mnist           # the real data set, IDX format
   libopenblas0-openmp             # an optimized BLAS behind libblas.so.3 (the reference one is many times slower)
   python3-torch python3-torchvision  # tests that read our checkpoints with Python's torch.load
+  clang-14 libclang-rt-14-dev     # the checkpoint reader's libFuzzer target (address + undefined sanitizers)
 )
 
 missing=()
