@@ -2,7 +2,6 @@
 #include "checkpoint/atomic_file.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -153,44 +152,6 @@ void AtomicFile::flush_buffer(bool last) {
   buffered_ = length - blocks;
 }
 
-void AtomicFile::append_file(const std::string& source) {
-  // A direct copy reads the source with direct I/O too (where allowed), so neither file goes through the page cache.
-  int in = direct() ? ::open(source.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT) : -1;
-  if (in < 0) in = ::open(source.c_str(), O_RDONLY | O_CLOEXEC);
-  if (in < 0) throw std::runtime_error("cannot open '" + source + "': " + errno_text(errno));
-  struct stat st {};
-  if (::fstat(in, &st) != 0) {
-    const int err = errno;
-    ::close(in);
-    throw std::runtime_error("cannot stat '" + source + "': " + errno_text(err));
-  }
-  off_t left = st.st_size;
-  bool kernel_copy = !direct();
-  char* chunk = nullptr;
-  while (error_ == 0 && left > 0) {
-    ssize_t n = -1;
-    if (kernel_copy) {
-      n = ::copy_file_range(in, nullptr, fd_, nullptr, static_cast<size_t>(left), 0);
-      if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
-        kernel_copy = false;  // another file system, or a kernel without it: copy through memory
-        continue;
-      }
-      if (n > 0) written_ += static_cast<size_t>(n);
-    } else {
-      if (chunk == nullptr && (chunk = take_buffer()) == nullptr) error_ = ENOMEM;
-      if (chunk == nullptr) break;
-      n = ::read(in, chunk, kBufferBytes);
-      if (n > 0) write(chunk, static_cast<size_t>(std::min<off_t>(n, left)));
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) error_ = errno;
-    if (n == 0) error_ = ENODATA;  // the source shrank while it was copied
-    if (n > 0) left -= n;
-  }
-  if (chunk != nullptr) give_back(chunk);
-  ::close(in);
-}
-
 void AtomicFile::commit() {
   if (direct() && buffered_ > 0) flush_buffer(true);
   if (error_ != 0) throw std::runtime_error("cannot write '" + temp_ + "': " + errno_text(error_));
@@ -206,13 +167,6 @@ void AtomicFile::commit() {
   stage(WriteStage::Renamed);
   sync_parent_folder(path_);
   stage(WriteStage::FolderSynced);
-}
-
-void copy_file_atomically(const std::string& from, const std::string& to, const WriteStageHook& hook) {
-  struct stat st {};
-  AtomicFile file(to, hook, ::stat(from.c_str(), &st) == 0 ? static_cast<size_t>(st.st_size) : 0);
-  file.append_file(from);
-  file.commit();
 }
 
 }  // namespace ddprun::checkpoint

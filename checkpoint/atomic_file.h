@@ -32,8 +32,6 @@ class AtomicFile {
   // Appends bytes. The first error is kept and reported by commit(), so writers that cannot take an exception (a
   // zip writer's callback) can call this freely.
   void write(const void* data, size_t size);
-  // Copies the whole of the file at `source` (in the kernel where it can).
-  void append_file(const std::string& source);
   // fsync, close, rename over the target, fsync the folder. Throws std::runtime_error with the step and the errno
   // text; the target is then unchanged.
   void commit();
@@ -57,8 +55,5 @@ class AtomicFile {
   size_t buffered_ = 0;     // bytes in buffer_
   size_t written_ = 0;      // bytes of the file written to fd_
 };
-
-// Copies `from` to `to` atomically (for a second name of a file just written, without serializing it again).
-void copy_file_atomically(const std::string& from, const std::string& to, const WriteStageHook& hook = nullptr);
 
 }  // namespace ddprun::checkpoint

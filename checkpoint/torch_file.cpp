@@ -1,11 +1,11 @@
 // The zip container of torch.save files: save() pickles a Value and writes data.pkl plus one record per storage
-// through PyTorchStreamWriter into a temporary file it owns, then fsyncs and renames it into place; load() opens
-// the zip with PyTorchStreamReader and unpickles data.pkl, fetching each storage record as the pickle asks for it.
+// through PyTorchStreamWriter into atomic files (atomic_file.h); load() maps the file, checks it with
+// PyTorchStreamReader and every record's CRC-32, and unpickles data.pkl, each storage pointing at its record.
 #include "checkpoint/torch_file.h"
 
 #include "checkpoint/pickle_reader.h"
 #include "checkpoint/pickle_writer.h"
-#include "checkpoint/zip_checksums.h"
+#include "checkpoint/zip_directory.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/core/Storage.h>
@@ -14,6 +14,7 @@
 #include <caffe2/serialize/read_adapter_interface.h>
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -42,30 +43,20 @@ std::string message_of(const std::exception& e) {
   return m;
 }
 
-// Positioned reads from a file descriptor it owns, for PyTorchStreamReader.
-class FdSource final : public caffe2::serialize::ReadAdapterInterface {
- public:
-  FdSource(int fd, size_t size) : fd_(fd), size_(size) {}
-  ~FdSource() override { ::close(fd_); }
-  FdSource(const FdSource&) = delete;
-  FdSource& operator=(const FdSource&) = delete;
-
-  size_t size() const override { return size_; }
-  size_t read(uint64_t pos, void* buf, size_t n, const char* /*what*/) const override {
-    size_t done = 0;
-    while (done < n) {
-      const ssize_t r = ::pread(fd_, static_cast<char*>(buf) + done, n - done, static_cast<off_t>(pos + done));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) break;
-      done += static_cast<size_t>(r);
+// Reads `size` bytes at the start of `fd` into `buffer`; false (errno set) when it cannot.
+bool read_whole(int fd, char* buffer, size_t size) {
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t r = ::pread(fd, buffer + done, size - done, static_cast<off_t>(done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      if (r == 0) errno = EIO;  // the file shrank
+      return false;
     }
-    return done;
+    done += static_cast<size_t>(r);
   }
-
- private:
-  int fd_;
-  size_t size_;
-};
+  return true;
+}
 
 // Reads from a buffer the caller keeps alive, for PyTorchStreamReader.
 class MemorySource final : public caffe2::serialize::ReadAdapterInterface {
@@ -101,69 +92,79 @@ void write_storage(PyTorchStreamWriter& zip, const StorageRecord& record) {
   zip.writeRecord(name, nbytes != 0 ? cpu.data_ptr() : &kEmpty, nbytes);
 }
 
-// A record's bytes, checked against the CRC-32 the zip directory gives for it.
-std::tuple<at::DataPtr, size_t> get_record(PyTorchStreamReader& zip, const std::string& name,
-                                           const std::unordered_map<std::string, uint32_t>& checksums) {
-  std::tuple<at::DataPtr, size_t> record;
-  try {
-    record = zip.getRecord(name);
-  } catch (const std::exception& e) {
-    throw std::runtime_error("record '" + name + "' is truncated or corrupt (" + message_of(e) + ")");
-  }
-  const auto expected = checksums.find(name);
-  const uint32_t actual = crc32_of(std::get<0>(record).get(), std::get<1>(record));
-  if (expected == checksums.end() || expected->second != actual) {
+// The bytes of record `name`, checked against the CRC-32 the zip directory gives for it.
+std::pair<const char*, size_t> record_bytes(const char* file, const std::unordered_map<std::string, ZipRecord>& records,
+                                            const std::string& name) {
+  const auto found = records.find(name);
+  if (found == records.end()) throw std::runtime_error("record '" + name + "' is missing");
+  const ZipRecord& record = found->second;
+  if (record.method != 0)
+    throw std::runtime_error("record '" + name + "' is compressed (method " + std::to_string(record.method) +
+                             "); torch.save stores records uncompressed");
+  const char* data = file + record.data_offset;
+  const uint32_t actual = crc32_of(data, record.size);
+  if (actual != record.crc32) {
     char text[96];
-    std::snprintf(text, sizeof text, "its CRC-32 is %08x, the zip directory says %08x", actual,
-                  expected == checksums.end() ? 0U : expected->second);
+    std::snprintf(text, sizeof text, "its CRC-32 is %08x, the zip directory says %08x", actual, record.crc32);
     throw std::runtime_error("record '" + name + "' is corrupt (" + text + ")");
   }
-  return record;
+  return {data, static_cast<size_t>(record.size)};
 }
 
-// Opens the zip in `source` and unpickles data.pkl, fetching each storage record as the pickle asks for it.
-Value load_zip(const std::shared_ptr<caffe2::serialize::ReadAdapterInterface>& source, const std::string& name,
+// A DataPtr into memory that `owner` keeps alive (a mapped file): the storage holds a reference to it.
+c10::DataPtr borrowed_data(const char* data, const std::shared_ptr<void>& owner) {
+  auto* context = new std::shared_ptr<void>(owner);
+  return c10::DataPtr(
+      const_cast<char*>(data), context, [](void* c) { delete static_cast<std::shared_ptr<void>*>(c); },
+      c10::Device(c10::kCPU));
+}
+
+// Unpickles data.pkl of the zip in [file, file + size), building each storage from its record: pointing into the
+// file's memory when `owner` keeps that memory alive (a private mapping: writes to the tensors stay in the process),
+// else copied.
+Value load_zip(const char* file, size_t size, const std::shared_ptr<void>& owner, const std::string& name,
                const MapLocation& map_location) {
   const std::string prefix = "cannot read checkpoint '" + name + "': ";
-  char magic[4];
-  if (source->read(0, magic, sizeof magic, "") != sizeof magic || std::memcmp(magic, "PK\x03\x04", 4) != 0) {
+  if (size < 4 || std::memcmp(file, "PK\x03\x04", 4) != 0) {
     throw CheckpointError("'" + name + "' is not a PyTorch checkpoint (not a zip file written by torch.save)");
   }
-  std::unique_ptr<PyTorchStreamReader> zip;
+  const auto source = std::make_shared<MemorySource>(file, size);
+  std::unordered_map<std::string, ZipRecord> records;
   try {
-    zip = std::make_unique<PyTorchStreamReader>(source);
+    PyTorchStreamReader zip(source);  // the container's own checks (archive layout, version record)
+    records = read_zip_directory(*source);
   } catch (const std::exception& e) {
     throw CheckpointError(prefix + "the file is truncated or corrupt (" + message_of(e) + ")");
   }
 
   try {
-    if (!zip->hasRecord("data.pkl")) throw std::runtime_error("it has no data.pkl record (not written by torch.save)");
-    std::unordered_map<std::string, uint32_t> checksums;
-    try {
-      checksums = zip_record_checksums(*source);
-    } catch (const std::exception& e) {
-      throw std::runtime_error(std::string("the file is truncated or corrupt (") + e.what() + ")");
-    }
-    auto [pickle, pickle_size] = get_record(*zip, "data.pkl", checksums);
+    if (records.count("data.pkl") == 0)
+      throw std::runtime_error("it has no data.pkl record (not written by torch.save)");
+    const auto [pickle, pickle_size] = record_bytes(file, records, "data.pkl");
     const StorageLoader loader = [&](const std::string& key, const std::string& location, c10::ScalarType dtype,
                                      int64_t numel) {
       const std::string record = "data/" + key;
-      if (!zip->hasRecord(record)) throw std::runtime_error("record '" + record + "' is missing");
       uint64_t nbytes;
-      if (__builtin_mul_overflow(static_cast<uint64_t>(numel), c10::elementSize(dtype), &nbytes) ||
-          nbytes > source->size()) {
+      if (__builtin_mul_overflow(static_cast<uint64_t>(numel), c10::elementSize(dtype), &nbytes) || nbytes > size) {
+        if (records.count(record) == 0) throw std::runtime_error("record '" + record + "' is missing");
         throw std::runtime_error("record '" + record + "' is truncated: the pickle needs " + std::to_string(numel) +
                                  " elements, more than the file holds");
       }
       const c10::Device device = map_location.device_for(location);
-      auto [data, size] = get_record(*zip, record, checksums);
-      if (size < nbytes) {
-        throw std::runtime_error("record '" + record + "' is truncated: it holds " + std::to_string(size) +
+      const auto [data, data_size] = record_bytes(file, records, record);
+      if (data_size < nbytes) {
+        throw std::runtime_error("record '" + record + "' is truncated: it holds " + std::to_string(data_size) +
                                  " bytes, the pickle needs " + std::to_string(nbytes));
       }
-      c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<size_t>(nbytes), std::move(data), nullptr,
-                           false);
-      at::Tensor t = at::empty({0}, at::TensorOptions().dtype(dtype)).set_(storage, 0, {numel}, {1});
+      at::Tensor t;
+      if (owner) {
+        c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<size_t>(nbytes), borrowed_data(data, owner),
+                             nullptr, false);
+        t = at::empty({0}, at::TensorOptions().dtype(dtype)).set_(storage, 0, {numel}, {1});
+      } else {
+        t = at::empty({numel}, at::TensorOptions().dtype(dtype));
+        if (nbytes > 0) std::memcpy(t.data_ptr(), data, static_cast<size_t>(nbytes));
+      }
       if (!device.is_cpu()) {
         try {
           t = t.to(t.options().device(device));
@@ -174,7 +175,7 @@ Value load_zip(const std::shared_ptr<caffe2::serialize::ReadAdapterInterface>& s
       }
       return t;
     };
-    return read_pickle(pickle.get(), pickle_size, loader);
+    return read_pickle(pickle, pickle_size, loader);
   } catch (const std::exception& e) {
     throw CheckpointError(prefix + message_of(e));
   }
@@ -222,16 +223,23 @@ std::string MapLocation::to_string() const {
   return text + (mapping_.empty() ? "everything to " : "others to ") + default_.str();
 }
 
-void save(const Value& object, const std::string& path, const WriteStageHook& hook) {
+void save(const Value& object, const std::string& path, const WriteStageHook& hook) { save_as(object, {path}, hook); }
+
+void save_as(const Value& object, const std::vector<std::string>& paths, const WriteStageHook& hook) {
+  std::string current = paths.at(0);  // the file a failure is about
   try {
     const Pickle pickle = write_pickle(object);
     size_t bytes = pickle.bytes.size();
     for (const StorageRecord& record : pickle.storages)
       bytes += static_cast<size_t>(record.numel) * c10::elementSize(record.dtype);
-    AtomicFile file(path, hook, bytes);
+    std::vector<std::unique_ptr<AtomicFile>> files;
+    for (const std::string& path : paths) {
+      current = path;
+      files.push_back(std::make_unique<AtomicFile>(path, hook, bytes));
+    }
     {
-      PyTorchStreamWriter zip([&file](const void* data, size_t n) {
-        file.write(data, n);
+      PyTorchStreamWriter zip([&files](const void* data, size_t n) {
+        for (const auto& file : files) file->write(data, n);
         return n;
       });
       zip.writeRecord("data.pkl", pickle.bytes.data(), pickle.bytes.size());
@@ -239,37 +247,50 @@ void save(const Value& object, const std::string& path, const WriteStageHook& ho
       for (const StorageRecord& record : pickle.storages) write_storage(zip, record);
       zip.writeEndOfFile();
     }
-    file.commit();
-  } catch (const std::exception& e) {
-    throw CheckpointError("cannot write checkpoint '" + path + "': " + message_of(e));
-  }
-}
-
-void save_as(const Value& object, const std::vector<std::string>& paths, const WriteStageHook& hook) {
-  save(object, paths.at(0), hook);
-  for (size_t i = 1; i < paths.size(); ++i) {
-    try {
-      copy_file_atomically(paths[0], paths[i], hook);
-    } catch (const std::exception& e) {
-      throw CheckpointError("cannot write checkpoint '" + paths[i] + "': " + message_of(e));
+    for (const auto& file : files) {
+      current = file->path();
+      file->commit();
     }
+  } catch (const std::exception& e) {
+    throw CheckpointError("cannot write checkpoint '" + current + "': " + message_of(e));
   }
 }
 
 Value load(const std::string& path, const MapLocation& map_location) {
+  const std::string prefix = "cannot read checkpoint '" + path + "': ";
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw CheckpointError("cannot read checkpoint '" + path + "': " + errno_text(errno));
+  if (fd < 0) throw CheckpointError(prefix + errno_text(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
     const int err = S_ISDIR(st.st_mode) ? EISDIR : errno;
     ::close(fd);
-    throw CheckpointError("cannot read checkpoint '" + path + "': " + errno_text(err));
+    throw CheckpointError(prefix + errno_text(err));
   }
-  return load_zip(std::make_shared<FdSource>(fd, static_cast<size_t>(st.st_size)), path, map_location);
+  const size_t size = static_cast<size_t>(st.st_size);
+  // The whole file mapped privately and read in at once (MAP_POPULATE): the kernel reads it into the page cache and
+  // the tensors use those pages; none of the bytes is copied into fresh memory. Where a file cannot be mapped, it is
+  // read into one buffer that the tensors point into instead.
+  std::shared_ptr<void> owner;
+  if (size > 0) {
+    void* mapped = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    if (mapped != MAP_FAILED) {
+      owner = std::shared_ptr<void>(mapped, [size](void* p) { ::munmap(p, size); });
+    } else {
+      std::shared_ptr<char> buffer(new char[size], std::default_delete<char[]>());
+      if (!read_whole(fd, buffer.get(), size)) {
+        const int err = errno;
+        ::close(fd);
+        throw CheckpointError(prefix + "read failed: " + errno_text(err));
+      }
+      owner = buffer;
+    }
+  }
+  ::close(fd);
+  return load_zip(static_cast<const char*>(owner.get()), size, owner, path, map_location);
 }
 
 Value load_from_memory(const void* data, size_t size, const std::string& name, const MapLocation& map_location) {
-  return load_zip(std::make_shared<MemorySource>(data, size), name, map_location);
+  return load_zip(static_cast<const char*>(data), size, nullptr, name, map_location);
 }
 
 }  // namespace ddprun::checkpoint

@@ -45,16 +45,19 @@ class MapLocation {
 // Views keep sharing their storage.
 void save(const Value& object, const std::string& path, const WriteStageHook& hook = nullptr);
 
-// save() to paths[0], then a copy of that file to each further path, each atomically: one serialization, several
-// names (model_<epoch>.pth and checkpoint.pth).
+// save() to every path in one pass: the state is serialized once and each file is written from the same bytes, each
+// atomically, committed in order (model_<epoch>.pth, then checkpoint.pth). A failure names the file it is about;
+// the files committed before it stay.
 void save_as(const Value& object, const std::vector<std::string>& paths, const WriteStageHook& hook = nullptr);
 
 // Reads a file written by save() or by Python's torch.save, refusing any pickle global or opcode that
-// weights_only=True would refuse; each storage is read once, straight into the tensor memory, on the device that
-// `map_location` gives for where it was saved.
+// weights_only=True would refuse and any record whose CRC-32 does not match. The file is mapped privately and read in
+// at once; CPU storages point into that mapping (written pages become the process's own; the file never changes), so
+// the bytes are read once and never copied. Storages go to the device `map_location` gives for where each was saved.
 Value load(const std::string& path, const MapLocation& map_location = MapLocation());
 
-// The same from the bytes of a whole file in memory (one rank read it and broadcast it); `name` is for messages.
+// The same from the bytes of a whole file in memory (one rank read it and broadcast it); storages are copied out of
+// `data`, which the caller may free afterwards. `name` is for messages.
 Value load_from_memory(const void* data, size_t size, const std::string& name,
                        const MapLocation& map_location = MapLocation());
 

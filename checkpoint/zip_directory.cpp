@@ -1,0 +1,105 @@
+// Reading a zip's central directory: the end-of-central-directory record (or its zip64 form), one central file
+// header per record (with its zip64 extra field when sizes or offsets overflow 32 bits), and each record's local
+// header for where its bytes start.
+#include "checkpoint/zip_directory.h"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+namespace ddprun::checkpoint {
+namespace {
+
+uint64_t le(const char* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
+std::vector<char> read_at(const caffe2::serialize::ReadAdapterInterface& zip, uint64_t pos, size_t n) {
+  std::vector<char> bytes(n);
+  if (pos > zip.size() || n > zip.size() - pos || (n > 0 && zip.read(pos, bytes.data(), n, "zip directory") != n))
+    throw std::runtime_error("the zip directory points outside the file");
+  return bytes;
+}
+
+constexpr uint64_t kMax32 = 0xffffffff;
+
+}  // namespace
+
+std::unordered_map<std::string, ZipRecord> read_zip_directory(const caffe2::serialize::ReadAdapterInterface& zip) {
+  // The end-of-central-directory record: 22 bytes plus a comment of up to 65535 at the end of the file.
+  const size_t tail = static_cast<size_t>(std::min<uint64_t>(zip.size(), 22 + 65535));
+  const std::vector<char> end = read_at(zip, zip.size() - tail, tail);
+  size_t eocd = std::string::npos;
+  for (size_t i = tail >= 22 ? tail - 22 + 1 : 0; i-- > 0;) {
+    if (std::memcmp(&end[i], "PK\x05\x06", 4) == 0) {
+      eocd = i;
+      break;
+    }
+  }
+  if (eocd == std::string::npos) throw std::runtime_error("the zip has no end-of-central-directory record");
+  uint64_t entries = le(&end[eocd + 10], 2), offset = le(&end[eocd + 16], 4);
+  if (entries == 0xffff || offset == kMax32) {  // zip64: the locator sits just before
+    const uint64_t eocd_pos = zip.size() - tail + eocd;
+    if (eocd_pos < 20) throw std::runtime_error("the zip64 locator is missing");
+    const std::vector<char> locator = read_at(zip, eocd_pos - 20, 20);
+    if (std::memcmp(locator.data(), "PK\x06\x07", 4) != 0) throw std::runtime_error("the zip64 locator is missing");
+    const std::vector<char> eocd64 = read_at(zip, le(&locator[8], 8), 56);
+    if (std::memcmp(eocd64.data(), "PK\x06\x06", 4) != 0) throw std::runtime_error("the zip64 directory is missing");
+    entries = le(&eocd64[32], 8);
+    offset = le(&eocd64[48], 8);
+  }
+  std::unordered_map<std::string, ZipRecord> records;
+  uint64_t pos = offset;
+  for (uint64_t i = 0; i < entries; ++i) {
+    const std::vector<char> header = read_at(zip, pos, 46);
+    if (std::memcmp(header.data(), "PK\x01\x02", 4) != 0)
+      throw std::runtime_error("zip directory entry " + std::to_string(i) + " is corrupt");
+    const uint64_t name_length = le(&header[28], 2), extra_length = le(&header[30], 2), comment = le(&header[32], 2);
+    const std::vector<char> name = read_at(zip, pos + 46, name_length);
+    const std::vector<char> extra = read_at(zip, pos + 46 + name_length, extra_length);
+    ZipRecord record;
+    record.method = static_cast<uint16_t>(le(&header[10], 2));
+    record.crc32 = static_cast<uint32_t>(le(&header[16], 4));
+    uint64_t compressed = le(&header[20], 4), uncompressed = le(&header[24], 4), local = le(&header[42], 4);
+    // The zip64 extra field holds, in this order, each of these that overflowed 32 bits.
+    for (size_t e = 0; e + 4 <= extra.size();) {
+      const uint64_t id = le(&extra[e], 2), size = le(&extra[e + 2], 2);
+      if (e + 4 + size > extra.size()) break;
+      if (id == 1) {
+        size_t f = e + 4;
+        for (uint64_t* field : {&uncompressed, &compressed, &local}) {
+          if (*field != kMax32) continue;
+          if (f + 8 > e + 4 + size)
+            throw std::runtime_error("zip directory entry " + std::to_string(i) + " is corrupt");
+          *field = le(&extra[f], 8);
+          f += 8;
+        }
+      }
+      e += 4 + size;
+    }
+    const std::vector<char> local_header = read_at(zip, local, 30);
+    if (std::memcmp(local_header.data(), "PK\x03\x04", 4) != 0)
+      throw std::runtime_error("the local header of zip entry " + std::to_string(i) + " is corrupt");
+    record.data_offset = local + 30 + le(&local_header[26], 2) + le(&local_header[28], 2);
+    record.size = record.method == 0 ? uncompressed : compressed;
+    if (record.data_offset > zip.size() || record.size > zip.size() - record.data_offset)
+      throw std::runtime_error("zip entry " + std::to_string(i) + " ends past the end of the file");
+    std::string key(name.begin(), name.end());
+    const size_t slash = key.find('/');  // the archive's top folder
+    if (slash != std::string::npos) key.erase(0, slash + 1);
+    records[key] = record;
+    pos += 46 + name_length + extra_length + comment;
+  }
+  return records;
+}
+
+uint32_t crc32_of(const void* data, size_t size) {
+  return static_cast<uint32_t>(::crc32_z(0, static_cast<const Bytef*>(data), size));
+}
+
+}  // namespace ddprun::checkpoint
