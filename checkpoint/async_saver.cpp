@@ -27,7 +27,7 @@ Value snapshot_to_host(const Value& object, std::vector<at::Tensor>& staging) {
       if (!copy.defined() || copy.numel() != nbytes || copy.is_pinned() != t.is_cuda())
         copy = at::empty({nbytes}, at::TensorOptions(at::kByte).pinned_memory(t.is_cuda()));
       copy.copy_(bytes);
-      it = storages.emplace(storage.unsafeGetStorageImpl(), std::move(copy)).first;
+      it = storages.emplace(storage.unsafeGetStorageImpl(), copy).first;  // staging keeps it too
     }
     return at::empty({0}, at::TensorOptions(t.scalar_type()))
         .set_(it->second.storage(), t.storage_offset(), t.sizes(), t.strides());

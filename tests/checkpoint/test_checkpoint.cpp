@@ -983,6 +983,26 @@ TEST_F(CheckpointTest, AsyncSaveWritesTheStateAsItWasWhenSaveReturned) {
   EXPECT_EQ(files(), (std::vector<std::string>{"checkpoint.pt", "model_0.pt"}));
 }
 
+// The second snapshot of the same state copies into the first one's buffers: fresh memory would cost page faults
+// on every save, often more than the copy.
+TEST(SnapshotTest, ReusesItsHostBuffersAndKeepsViewsShared) {
+  at::Tensor w = at::arange(1000, at::kFloat);
+  const Value state = Value::dict({{"w", w}, {"view", w.narrow(0, 10, 20)}, {"b", at::ones({3}, at::kLong)}});
+  std::vector<at::Tensor> staging;
+  const Value first = snapshot_to_host(state, staging);
+  ASSERT_EQ(staging.size(), 2u);
+  const void* buffer = first.at("w").to_tensor().data_ptr();
+  EXPECT_EQ(first, state);
+  EXPECT_NE(buffer, w.data_ptr());
+  w.fill_(7);
+  const Value second = snapshot_to_host(state, staging);
+  EXPECT_EQ(second.at("w").to_tensor().data_ptr(), buffer);
+  EXPECT_EQ(second.at("view").to_tensor().storage().data_ptr().get(), buffer);
+  EXPECT_EQ(second.at("view").to_tensor().storage_offset(), 10);
+  EXPECT_EQ(second, state);
+  EXPECT_EQ(first.at("w"), second.at("w"));  // the same memory: the first snapshot is gone once reused
+}
+
 TEST_F(CheckpointTest, AsyncSaveErrorsComeBackOnWaitAndTheNextSave) {
   AsyncSaver saver;
   const std::string nowhere = path("missing/checkpoint.pt");
