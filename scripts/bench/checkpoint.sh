@@ -8,13 +8,15 @@
 #
 #   scripts/bench/checkpoint.sh [--repeats R] [--bytes N] [--dir DIR] [--quick]
 #
-# --dir must be on the disk being measured (default build/bench-checkpoint; not a tmpfs). --quick: 64 MiB, 1 repeat
+# --dir must be on the disk being measured (default $BUILD_DIR/bench-checkpoint, BUILD_DIR defaulting to build; not
+# a tmpfs). --quick: 64 MiB, 1 repeat
 # (the ctest smoke run). Loads read the disk: each file is dropped from the page cache first (posix_fadvise).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repeats=3
 bytes=$((1 << 30))
-dir=build/bench-checkpoint
+build=${BUILD_DIR:-build}  # where the programs are (BUILD_DIR, as the other benchmarks take it)
+dir=$build/bench-checkpoint
 while [ $# -gt 0 ]; do
   case "$1" in
     --repeats) repeats="$2"; shift 2 ;;
@@ -24,7 +26,7 @@ while [ $# -gt 0 ]; do
     *) echo "checkpoint.sh: unknown flag $1 (--repeats, --bytes, --dir, --quick)" >&2; exit 2 ;;
   esac
 done
-bench=build/bin/checkpoint_bench
+bench=$build/bin/checkpoint_bench
 [ -x "$bench" ] || { echo "checkpoint.sh: $bench is missing; build first (scripts/build.sh)" >&2; exit 1; }
 mkdir -p "$dir"
 results=$(mktemp)
@@ -60,7 +62,7 @@ for ((r = 0; r < repeats; r++)); do
     rm -rf "$out"
     flags=()
     [ "$mode" = async ] && flags=(--async-save)
-    mpirun --oversubscribe -np 2 build/bin/ddptrain --model mlp --opt adamw --lr 0.001 -b 64 --epochs 1 \
+    mpirun --oversubscribe -np 2 "$build/bin/ddptrain" --model mlp --opt adamw --lr 0.001 -b 64 --epochs 1 \
       --train-limit "$train_limit" --test-limit 256 --save-every-steps 8 --output-dir "$out" "${flags[@]}" > "$out.log" 2>&1 ||
       { cat "$out.log" >&2; exit 1; }
     saves=$(( (train_limit / 128 - 1) / 8 + 1 ))
