@@ -530,7 +530,8 @@ class Run {
       progress.update(epoch, step, steps, epoch_loss_sum_ / static_cast<double>(epoch_samples_),
                       static_cast<double>((epoch_samples_ - samples_before) * comm_.size()) / seconds_since(start));
       // --stop-after-steps N: this run's N-th step is its last (at the epoch's end, the epoch finishes as usual).
-      if (steps_now && o_.stop_after_steps > 0 && ++steps_run_ >= o_.stop_after_steps) {
+      ++steps_run_;
+      if (steps_now && o_.stop_after_steps > 0 && steps_run_ >= o_.stop_after_steps) {
         stop_requested_ = true;
         if (step + 1 < steps) {
           progress.finish();
@@ -714,7 +715,7 @@ class Run {
   double epoch_loss_sum_ = 0;                   // this rank's sum of per-sample losses in the current epoch
   int64_t epoch_samples_ = 0;                   // and the samples in it
   double stall_seconds_ = 0;                    // the current epoch's time in checkpoints so far
-  int64_t steps_run_ = 0;                       // optimizer steps of this run, for --stop-after-steps
+  int64_t steps_run_ = 0;                       // steps (batches) of this run, for --stop-after-steps
   bool stop_requested_ = false;                 // --stop-after-steps reached
   bool stopped_mid_epoch_ = false;              // ... within an epoch, whose checkpoint is written
 };
