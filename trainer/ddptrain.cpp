@@ -1,12 +1,14 @@
 // ddptrain: the per-rank trainer program. Starts the process group, parses the flags (all ranks agree on whether
 // they are valid), trains, and turns every failure into one line on stderr and a non-zero exit on every rank.
 //
-// Exit codes: 0 success; 1 a run-time failure (data, checkpoint, collective); 2 bad flags or config.
+// Exit codes: 0 success (also a --stop-after-steps stop); 1 a run-time failure (data, checkpoint, collective); 2 bad
+// flags or config; 75 preempted (a --preempt-signals signal), checkpoint saved: requeue and --resume auto.
 #include "comm/agreement.h"
 #include "comm/communicator.h"
 #include "comm/factory.h"
 #include "trainer/host_memory.h"
 #include "trainer/options.h"
+#include "trainer/preemption.h"
 #include "trainer/trainer.h"
 
 #include <torch/cuda.h>
@@ -87,7 +89,8 @@ int main(int argc, char** argv) {
   }
 
   try {
-    ddprun::trainer::train(parsed.options, *comm, memory_policy);
+    if (ddprun::trainer::train(parsed.options, *comm, memory_policy) == ddprun::trainer::TrainOutcome::Preempted)
+      return ddprun::trainer::kExitPreempted;
   } catch (const CollectiveFailure& failure) {
     report(rank, failure);
     return 1;

@@ -5,6 +5,7 @@
 #include "comm/comm_options.h"
 #include "trainer/lr_scheduler.h"
 #include "trainer/optimizer.h"
+#include "trainer/preemption.h"
 
 #include <boost/program_options.hpp>
 
@@ -85,6 +86,10 @@ po::options_description describe(TrainOptions& o) {
     ("stop-after-steps", po::value(&o.stop_after_steps)->default_value(o.stop_after_steps),
      "train this many steps in this run, write a checkpoint and exit (0: train to --epochs); --resume auto then "
      "continues exactly there. For time-boxed jobs and resume tests. A multiple of --accum-steps")
+    ("preempt-signals", po::value(&o.preempt_signals)->default_value(o.preempt_signals),
+     "signals that preempt the run (comma-separated, e.g. USR1,TERM; none: off): every rank finishes its step, the "
+     "ranks agree at that step boundary, rank 0 writes a checkpoint, and all exit with code 75 (requeue me); "
+     "--resume auto continues exactly there")
     ("start-epoch", po::value(&o.start_epoch)->default_value(o.start_epoch),
      "first epoch to train (with --resume, the checkpoint's epoch + 1 is used)")
     ("seed", po::value(&o.seed)->default_value(o.seed), "seed of weights, dropout and the data order")
@@ -218,6 +223,11 @@ ParseResult parse_options(int argc, const char* const argv[]) {
     throw UsageError("--stop-after-steps " + std::to_string(o.stop_after_steps) +
                      " is not a multiple of --accum-steps " + std::to_string(o.accum_steps) +
                      ": a checkpoint cannot hold half-accumulated gradients");
+  try {
+    parse_signal_list(o.preempt_signals);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("--preempt-signals: ") + e.what());
+  }
   require_one_of("on-save-error", o.on_save_error, {"stop", "continue"}, "choice");
   if (!o.map_location.empty()) {
     try {

@@ -34,6 +34,7 @@ struct TrainOptions {
   std::string map_location;            // FROM=TO[,FROM=TO...] for loaded storages; others go to the rank's device
   bool resume_broadcast = false;       // rank 0 reads the --resume file and broadcasts it
   int stop_after_steps = 0;            // train this many steps in this run, save and exit; 0: train to the end
+  std::string preempt_signals = "USR1,USR2";  // signals that preempt: save at the next step boundary, exit 75
   int start_epoch = 0;
   int64_t seed = 1;
   int64_t train_limit = 0;  // 0: the whole split

@@ -17,6 +17,7 @@
 #include "trainer/metrics.h"
 #include "trainer/models.h"
 #include "trainer/optimizer.h"
+#include "trainer/preemption.h"
 #include "trainer/rank_state.h"
 #include "trainer/timeline.h"
 
@@ -101,10 +102,10 @@ std::string run_fingerprint(const TrainOptions& o, int64_t train_size, int64_t t
       << "\nlr-warmup-method " << o.lr_warmup_method << "\nlr-warmup-decay " << exact(o.lr_warmup_decay) << "\nseed "
       << o.seed << "\nstart-epoch " << o.start_epoch << "\nresume " << o.resume << "\nresume-broadcast "
       << o.resume_broadcast << "\nsave-every-steps " << o.save_every_steps << "\nasync-save " << o.async_save
-      << "\non-save-error " << o.on_save_error << "\nbackend " << o.backend << "\ngrad-sync " << o.grad_sync
-      << "\nbucket-cap-mb " << exact(o.bucket_cap_mb) << "\naccum-steps " << o.accum_steps
-      << "\nfind-unused-parameters " << o.find_unused_parameters << "\ngrad-compression " << o.grad_compression
-      << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
+      << "\non-save-error " << o.on_save_error << "\npreempt-signals " << o.preempt_signals << "\nbackend " << o.backend
+      << "\ngrad-sync " << o.grad_sync << "\nbucket-cap-mb " << exact(o.bucket_cap_mb) << "\naccum-steps "
+      << o.accum_steps << "\nfind-unused-parameters " << o.find_unused_parameters << "\ngrad-compression "
+      << o.grad_compression << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
   return out.str();
 }
 
@@ -138,6 +139,7 @@ Value args_dict(const TrainOptions& o) {
                       {"save_every_steps", o.save_every_steps},
                       {"async_save", o.async_save},
                       {"on_save_error", o.on_save_error},
+                      {"preempt_signals", o.preempt_signals},
                       {"start_epoch", o.start_epoch},
                       {"seed", o.seed},
                       {"train_limit", o.train_limit},
@@ -154,12 +156,12 @@ class Run {
         host_memory_(std::move(host_memory)),
         timeline_(rank0_ ? options.timeline : std::string(), comm.rank()) {}
 
-  void execute() {
+  TrainOutcome execute() {
     set_up();
     if (start_epoch_ >= o_.epochs) {
       if (rank0_)
         std::printf("ddptrain: nothing to train: the run is at epoch %d and --epochs is %d\n", start_epoch_, o_.epochs);
-      return;
+      return TrainOutcome::Finished;
     }
     for (int epoch = start_epoch_; epoch < o_.epochs; ++epoch) {
       EpochMetrics m;
@@ -183,11 +185,26 @@ class Run {
     comm::run_on_all_ranks(comm_, [&] {
       if (async_saver_) finish_async_save();
     });
-    if (stop_requested_ && rank0_)
-      std::printf(
-          "ddptrain: stopped after %d steps as --stop-after-steps asked; checkpoint saved in %s; continue with "
-          "--resume auto\n",
-          o_.stop_after_steps, o_.output_dir.c_str());
+    if (preempted_by_ != 0) {
+      if (rank0_) {
+        std::printf(
+            "ddptrain: preempted by %s: every rank stopped after epoch %d step %lld; checkpoint saved in %s; "
+            "exit code %d asks for a requeue; continue with --resume auto\n",
+            signal_name(preempted_by_).c_str(), stopped_at_epoch_, static_cast<long long>(stopped_at_step_),
+            o_.output_dir.c_str(), kExitPreempted);
+        std::fflush(stdout);
+      }
+      return TrainOutcome::Preempted;
+    }
+    if (stop_requested_) {
+      if (rank0_)
+        std::printf(
+            "ddptrain: stopped after %d steps as --stop-after-steps asked; checkpoint saved in %s; continue "
+            "with --resume auto\n",
+            o_.stop_after_steps, o_.output_dir.c_str());
+      return TrainOutcome::Stopped;
+    }
+    return TrainOutcome::Finished;
   }
 
  private:
@@ -260,6 +277,9 @@ class Run {
                                             : checkpoint::MapLocation::parse(o_.map_location, device_);
     if (!o_.resume.empty()) resume();
     if (rank0_ && o_.async_save) async_saver_ = std::make_unique<checkpoint::AsyncSaver>();
+    const std::vector<int> preempt_signals = parse_signal_list(o_.preempt_signals);
+    watch_preemption_signals(preempt_signals);
+    watch_preemption_ = !preempt_signals.empty();
     sampler_ = std::make_unique<DistributedSampler>(train_data_.size(), comm_.rank(), comm_.size(), true, o_.seed);
 
     // Every rank starts from rank 0's weights and buffers (they differ only if a rank was seeded or resumed
@@ -531,8 +551,12 @@ class Run {
                       static_cast<double>((epoch_samples_ - samples_before) * comm_.size()) / seconds_since(start));
       // --stop-after-steps N: this run's N-th step is its last (at the epoch's end, the epoch finishes as usual).
       ++steps_run_;
-      if (steps_now && o_.stop_after_steps > 0 && steps_run_ >= o_.stop_after_steps) {
+      // A step boundary: stop here if --stop-after-steps is reached or a preemption signal reached any rank ("|",
+      // not "||": every rank joins the preemption all-reduce at every boundary).
+      if (steps_now && ((o_.stop_after_steps > 0 && steps_run_ >= o_.stop_after_steps) | preemption_agreed())) {
         stop_requested_ = true;
+        stopped_at_epoch_ = epoch;
+        stopped_at_step_ = step + 1;
         if (step + 1 < steps) {
           progress.finish();
           save_checkpoint(epoch, step + 1, nullptr);
@@ -557,6 +581,16 @@ class Run {
     comm_.allreduce(slowest, comm::ReduceOp::Max)->wait();
     m.train_loss = totals[0].item<double>() / totals[1].item<double>();
     m.images_per_sec = totals[2].item<double>() / slowest[0].item<double>();
+  }
+
+  // Whether a preemption signal reached any rank: an all-reduce (max) of each rank's signal number, so that all ranks
+  // decide alike at the same step. One small collective per optimizer step, skipped with --preempt-signals none.
+  bool preemption_agreed() {
+    if (!watch_preemption_) return false;
+    preemption_flag_.data_ptr<int32_t>()[0] = preemption_signal();
+    comm_.allreduce(preemption_flag_, comm::ReduceOp::Max)->wait();
+    preempted_by_ = preemption_flag_.data_ptr<int32_t>()[0];
+    return preempted_by_ != 0;
   }
 
   // --grad-sync per-param: pytorch/examples' cpp/distributed baseline once backward has finished: one all-reduce (sum)
@@ -718,12 +752,17 @@ class Run {
   int64_t steps_run_ = 0;                       // steps (batches) of this run, for --stop-after-steps
   bool stop_requested_ = false;                 // --stop-after-steps reached
   bool stopped_mid_epoch_ = false;              // ... within an epoch, whose checkpoint is written
+  bool watch_preemption_ = false;               // --preempt-signals is not none
+  at::Tensor preemption_flag_ = at::zeros({1}, at::kInt);
+  int preempted_by_ = 0;  // the signal all ranks agreed on (the highest number any rank received), or 0
+  int stopped_at_epoch_ = 0;
+  int64_t stopped_at_step_ = 0;  // the step of stopped_at_epoch_ the run stopped before
 };
 
 }  // namespace
 
-void train(const TrainOptions& options, comm::Communicator& comm, const std::string& host_memory) {
-  Run(options, comm, host_memory).execute();
+TrainOutcome train(const TrainOptions& options, comm::Communicator& comm, const std::string& host_memory) {
+  return Run(options, comm, host_memory).execute();
 }
 
 }  // namespace ddprun::trainer

@@ -9,9 +9,17 @@
 
 namespace ddprun::trainer {
 
-// Returns when every epoch is done. Set-up and checkpoint failures are agreed on by all ranks and thrown as
-// comm::CollectiveFailure on every rank; any other exception is this rank's alone (the caller must end the job).
-// `host_memory` is what keep_freed_host_memory() did, for the start-up line.
-void train(const TrainOptions& options, comm::Communicator& comm, const std::string& host_memory);
+// How a run ended, the same on every rank.
+enum class TrainOutcome {
+  Finished,   // every epoch trained
+  Stopped,    // --stop-after-steps reached; checkpoint written
+  Preempted,  // a --preempt-signals signal reached some rank; checkpoint written
+};
+
+// Returns when every epoch is done, or after the checkpoint of a stop or a preemption. Set-up and checkpoint
+// failures are agreed on by all ranks and thrown as comm::CollectiveFailure on every rank; any other exception is
+// this rank's alone (the caller must end the job). `host_memory` is what keep_freed_host_memory() did, for the
+// start-up line.
+TrainOutcome train(const TrainOptions& options, comm::Communicator& comm, const std::string& host_memory);
 
 }  // namespace ddprun::trainer
