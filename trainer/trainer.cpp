@@ -42,7 +42,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <optional>
 #include <sstream>
 
@@ -387,21 +386,27 @@ class Run {
     });
   }
 
-  // Rank 0 reads `path` whole; every rank gets its bytes (in pieces of at most 256 MiB, within MPI's counts).
+  // Rank 0 reads `path` whole, straight into the buffer it broadcasts; every rank gets its bytes (in pieces of at
+  // most 256 MiB, within MPI's counts).
   at::Tensor broadcast_file(const std::string& path) {
     at::Tensor size = at::zeros({1}, at::kLong);
-    std::string bytes;
+    at::Tensor data;
     comm::run_on_all_ranks(comm_, [&] {
       if (!rank0_) return;
-      std::ifstream in(path, std::ios::binary);
-      if (!in) throw std::runtime_error("cannot read checkpoint '" + path + "': " + std::strerror(errno));
-      bytes.assign(std::istreambuf_iterator<char>(in), {});
-      size[0] = static_cast<int64_t>(bytes.size());
+      std::error_code ec;
+      if (std::filesystem::is_directory(path, ec))
+        throw std::runtime_error("cannot read checkpoint '" + path + "': " + std::strerror(EISDIR));
+      std::ifstream in(path, std::ios::binary | std::ios::ate);
+      const std::streamoff bytes = in ? static_cast<std::streamoff>(in.tellg()) : -1;
+      if (bytes < 0) throw std::runtime_error("cannot read checkpoint '" + path + "': " + std::strerror(errno));
+      data = at::empty({static_cast<int64_t>(bytes)}, at::kByte);
+      in.seekg(0);
+      if (bytes > 0 && !in.read(static_cast<char*>(data.data_ptr()), bytes))
+        throw std::runtime_error("cannot read checkpoint '" + path + "': " + std::strerror(errno));
+      size[0] = static_cast<int64_t>(bytes);
     });
     comm_.broadcast(size, 0)->wait();
-    at::Tensor data = at::empty({size.item<int64_t>()}, at::kByte);
-    if (rank0_ && !bytes.empty()) std::memcpy(data.data_ptr(), bytes.data(), bytes.size());
-    std::string().swap(bytes);
+    if (!rank0_) data = at::empty({size.item<int64_t>()}, at::kByte);
     constexpr int64_t kPiece = int64_t{256} << 20;
     for (int64_t begin = 0; begin < data.numel(); begin += kPiece) {
       at::Tensor piece = data.narrow(0, begin, std::min(kPiece, data.numel() - begin));

@@ -2,7 +2,8 @@
 # Checkpoint writing and reading options on 2 ranks: a checkpoint that cannot be written stops the job with one line
 # naming the path (--on-save-error stop, also when the write was in the background with --async-save), or is a
 # warning while training goes on (--on-save-error continue); --resume-broadcast and --map-location resume to the
-# same state as a plain --resume; a malformed --map-location is a usage error.
+# same state as a plain --resume (and fail with the same line on a missing file or a folder); a malformed
+# --map-location is a usage error.
 set -euo pipefail
 bin=$1
 . "$(dirname "$0")/common.sh"
@@ -57,6 +58,11 @@ done
   fail "--resume-broadcast reached another state"
 /usr/bin/python3 "$here/same_state.py" "$work/plain/checkpoint.pth" "$work/mapped/checkpoint.pth" ||
   fail "--map-location reached another state"
+for bad in "$work/missing.pth" "$work/base"; do  # a missing file, a folder: the same line as without broadcasting
+  expect_exit 1 "$work/badcast.log" "$work/badcast" --resume "$bad" --resume-broadcast
+  grep -qE "error: cannot read checkpoint '$bad': (No such file or directory|Is a directory)$" "$work/badcast.log" ||
+    fail "--resume-broadcast of $bad: no clear error: $(cat "$work/badcast.log")"
+done
 expect_exit 2 "$work/badmap.log" "$work/badmap" --map-location cuda:1
 grep -q "map-location: map_location entry 'cuda:1' is not FROM=TO (like cuda:1=cuda:0)" "$work/badmap.log" ||
   fail "no clear usage error: $(cat "$work/badmap.log")"
