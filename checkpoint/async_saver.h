@@ -34,7 +34,6 @@ class AsyncSaver {
             WriteStageHook hook = nullptr);
   // Waits for the write in flight, if any; rethrows the CheckpointError it ended with.
   void wait();
-  bool in_flight() const { return thread_.joinable(); }
 
  private:
   std::thread thread_;

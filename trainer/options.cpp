@@ -214,15 +214,14 @@ ParseResult parse_options(int argc, const char* const argv[]) {
   require(o.keep_last >= 0, "keep-last", o.keep_last, "must not be negative (0 keeps all)");
   require(o.accum_steps >= 1, "accum-steps", o.accum_steps, "must be at least 1");
   require(o.save_every_steps >= 0, "save-every-steps", o.save_every_steps, "must not be negative (0: per epoch only)");
-  if (o.save_every_steps % o.accum_steps != 0)
-    throw UsageError("--save-every-steps " + std::to_string(o.save_every_steps) +
-                     " is not a multiple of --accum-steps " + std::to_string(o.accum_steps) +
-                     ": a checkpoint cannot hold half-accumulated gradients");
   require(o.stop_after_steps >= 0, "stop-after-steps", o.stop_after_steps, "must not be negative (0: no stop)");
-  if (o.stop_after_steps % o.accum_steps != 0)
-    throw UsageError("--stop-after-steps " + std::to_string(o.stop_after_steps) +
-                     " is not a multiple of --accum-steps " + std::to_string(o.accum_steps) +
-                     ": a checkpoint cannot hold half-accumulated gradients");
+  // A checkpoint taken inside an accumulation window would lose the gradients accumulated so far.
+  for (const auto& [flag, steps] : {std::pair<const char*, int>{"save-every-steps", o.save_every_steps},
+                                    std::pair<const char*, int>{"stop-after-steps", o.stop_after_steps}}) {
+    if (steps % o.accum_steps != 0)
+      throw UsageError(std::string("--") + flag + " " + std::to_string(steps) + " is not a multiple of --accum-steps " +
+                       std::to_string(o.accum_steps) + ": a checkpoint cannot hold half-accumulated gradients");
+  }
   try {
     parse_signal_list(o.preempt_signals);
   } catch (const std::invalid_argument& e) {

@@ -346,8 +346,9 @@ class Run {
       }
     }
     if (rank0_) {
-      std::printf("ddptrain: resumed from %s: continuing at epoch %d%s with lr %.6g\n", chosen.c_str(), start_epoch_,
-                  resume_step_ > 0 ? (", step " + std::to_string(resume_step_)).c_str() : "", optimizer_->lr());
+      std::printf("ddptrain: resumed from %s: continuing at epoch %d%s with lr %.6g%s\n", chosen.c_str(), start_epoch_,
+                  resume_step_ > 0 ? (", step " + std::to_string(resume_step_)).c_str() : "", optimizer_->lr(),
+                  o_.map_location.empty() ? "" : (" (map_location: " + map_location_.to_string() + ")").c_str());
       std::fflush(stdout);
     }
   }

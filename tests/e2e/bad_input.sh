@@ -24,6 +24,8 @@ case "$case_name" in
   # No GPU here: NCCL refuses to start (or this build has none), on every rank, with what to do instead.
   nccl_without_gpu) args=(--backend nccl); code=1; expect="use --backend mpi" ;;
   bad_accum_steps) args=(--accum-steps 0); code=2; expect="--accum-steps 0 is out of range: must be at least 1" ;;
+  save_steps_in_window) args=(--accum-steps 2 --save-every-steps 3); code=2; expect="--save-every-steps 3 is not a multiple of --accum-steps 2: a checkpoint cannot hold half-accumulated gradients" ;;
+  bad_preempt_signal) args=(--preempt-signals USR1,KILL); code=2; expect="--preempt-signals: SIGKILL cannot be caught; use USR1 or USR2" ;;
   bad_grad_compression) args=(--grad-compression int8); code=2; expect="--grad-compression 'int8' is not known; choose none, fp16 or bf16" ;;
   bad_value)      args=(--lr fast); code=2; expect="the argument ('fast') for option '--lr' is invalid; run ddptrain --help" ;;
   unknown_flag)   args=(--learning-rate 0.1); code=2; expect="unrecognised option '--learning-rate'; run ddptrain --help" ;;

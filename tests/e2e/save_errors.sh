@@ -56,6 +56,8 @@ for way in plain broadcast mapped; do
 done
 /usr/bin/python3 "$here/same_state.py" "$work/plain/checkpoint.pth" "$work/broadcast/checkpoint.pth" ||
   fail "--resume-broadcast reached another state"
+grep -q "resumed from $work/mapped/checkpoint.pth: .* (map_location: cpu=cpu, cuda:1=cpu, others to cpu)" \
+  "$work/mapped.log" || fail "the resume line does not say the map_location: $(cat "$work/mapped.log")"
 /usr/bin/python3 "$here/same_state.py" "$work/plain/checkpoint.pth" "$work/mapped/checkpoint.pth" ||
   fail "--map-location reached another state"
 for bad in "$work/missing.pth" "$work/base"; do  # a missing file, a folder: the same line as without broadcasting
