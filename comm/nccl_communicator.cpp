@@ -9,6 +9,7 @@
 #include "comm/agreement.h"
 #include "comm/communicator.h"
 #include "comm/factory.h"
+#include "comm/launch_environment.h"
 #include "comm/tensor_text.h"
 
 #include <ATen/ops/empty.h>
@@ -286,7 +287,7 @@ class NcclCommunicator final : public Communicator {
   ~NcclCommunicator() override {
     // Let the collectives in flight finish (nobody may be waiting for them), at most for the timeout.
     bool drained = false;
-    if (cudaSetDevice(local_rank_) == cudaSuccess) drained = drain();
+    if (cudaSetDevice(device_.index()) == cudaSuccess) drained = drain();
     {
       std::lock_guard<std::mutex> lock(mutex_);
       stop_ = true;
@@ -448,15 +449,20 @@ class NcclCommunicator final : public Communicator {
                       (rc != cudaSuccess ? std::string(cudaGetErrorString(rc)) : std::string("0 devices")) +
                       "); use --backend mpi or run where GPUs are visible");
     }
-    if (local_rank_ >= count)
-      throw CommError("NCCL backend: rank " + std::to_string(rank_) + " is local rank " + std::to_string(local_rank_) +
-                      " on its node but sees only " + std::to_string(count) +
-                      " CUDA device(s); start one rank per GPU (check -np and CUDA_VISIBLE_DEVICES)");
+    // The rank's own GPU: cuda:<local rank> when it sees the node's GPUs, cuda:0 when the launcher gave it its own.
+    int index = 0;
+    try {
+      index = choose_device_index(read_launch_environment(), local_rank_, local_size_, count);
+    } catch (const std::runtime_error& e) {
+      throw CommError("NCCL backend: rank " + std::to_string(rank_) + ": " + e.what() +
+                      " (check -np and CUDA_VISIBLE_DEVICES)");
+    }
     if (!c10::impl::hasDeviceGuardImpl(c10::DeviceType::CUDA))
       throw CommError("NCCL backend: rank " + std::to_string(rank_) +
                       " sees a GPU but this program's LibTorch has no CUDA support; build ddprun against a CUDA "
                       "LibTorch (CMAKE_PREFIX_PATH) or use --backend mpi");
-    check_cuda(cudaSetDevice(local_rank_), "cudaSetDevice");
+    device_ = c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
+    check_cuda(cudaSetDevice(device_.index()), "cudaSetDevice");
   }
 
   // True for CPU tensors (they go to the bootstrap), false for tensors on this rank's GPU; anything else is refused.
@@ -500,7 +506,7 @@ class NcclCommunicator final : public Communicator {
     const uint64_t seq = ++seq_;
     if (options_.check_shapes) check_same_on_all_ranks(kind, seq, signature);
 
-    DeviceScope scope(local_rank_);
+    DeviceScope scope(device_.index());
     auto collective = std::make_shared<Collective>();
     collective->description = std::string(kind) + " #" + std::to_string(seq) + " (" + detail + ")";
     check_cuda(cudaEventCreateWithFlags(&collective->done, cudaEventDisableTiming), "cudaEventCreateWithFlags");
@@ -538,7 +544,7 @@ class NcclCommunicator final : public Communicator {
   // Polls the in-flight collectives: retires the finished ones (in issue order: one stream runs them in that order),
   // and ends the job on an NCCL error, a CUDA error, or a collective older than the timeout.
   void watch() {
-    if (cudaSetDevice(local_rank_) != cudaSuccess) return;
+    if (cudaSetDevice(device_.index()) != cudaSuccess) return;
     const auto timeout = options_.timeout;
     // Finished collectives hold their tensors until retired here: look often, so memory returns soon.
     const auto period = std::min(watchdog_period(timeout), std::chrono::milliseconds(50));

@@ -67,7 +67,7 @@ TEST(NcclCommunicator, RefusesToStartWithoutAGpuAndSaysWhatToDo) {
       EXPECT_TRUE(contains(message, "--backend mpi")) << message;
     } else {
       // More ranks on this node than GPUs: every rank hears which rank has none.
-      EXPECT_TRUE(contains(message, "sees only")) << message;
+      EXPECT_TRUE(contains(message, "has no GPU of its own")) << message;
     }
   }
 }
