@@ -1,11 +1,14 @@
 // ddptrain: the per-rank trainer program. Starts the process group, parses the flags (all ranks agree on whether
 // they are valid), trains, and turns every failure into one line on stderr and a non-zero exit on every rank.
 //
-// Exit codes: 0 success (also a --stop-after-steps stop); 1 a run-time failure (data, checkpoint, collective); 2 bad
-// flags or config; 75 preempted (a --preempt-signals signal), checkpoint saved: requeue and --resume auto.
+// Exit codes: 0 success (also a --stop-after-steps stop); 1 a failure during training (a checkpoint write, a
+// collective, one rank's error); 2 bad flags or config; 3 failed before training started (MPI, the launch, devices,
+// data, the checkpoint to resume); 75 preempted (a --preempt-signals signal), checkpoint saved: requeue and
+// --resume auto. ddprun restarts the job after 1 (--max-restarts), not after 2 or 3.
 #include "comm/agreement.h"
 #include "comm/communicator.h"
 #include "comm/factory.h"
+#include "comm/launch_environment.h"
 #include "trainer/host_memory.h"
 #include "trainer/options.h"
 #include "trainer/preemption.h"
@@ -46,18 +49,23 @@ int main(int argc, char** argv) {
   }
   ddprun::comm::CommOptions comm_options;
   if (usage_error.empty()) {
+    // As early as possible: a preemption signal during start-up (MPI, data, resume) must not kill the rank; the
+    // ranks see it at their first step boundary.
+    ddprun::trainer::watch_preemption_signals(ddprun::trainer::parse_signal_list(parsed.options.preempt_signals));
     comm_options = ddprun::comm::comm_options_from_env();  // valid: parse_options checked it
     comm_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(parsed.options.comm_timeout * 1000));
     comm_options.check_shapes = parsed.options.comm_check;
   }
 
+  const ddprun::comm::LaunchEnvironment launch = ddprun::comm::read_launch_environment();
   std::unique_ptr<ddprun::comm::Communicator> comm;
   try {
     comm = ddprun::comm::make_mpi_communicator(comm_options);
+    ddprun::comm::check_launch_matches(launch, comm->rank(), comm->size());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "ddptrain: error: cannot start MPI: %s; start ddptrain with ddprun or mpirun\n",
+    std::fprintf(stderr, "ddptrain: error on rank %d: cannot start the process group: %s\n", launch.rank,
                  ddprun::comm::error_message(e).c_str());
-    return 1;
+    return ddprun::trainer::kExitSetUpFailed;
   }
   const int rank = comm->rank();
   try {
@@ -81,16 +89,19 @@ int main(int argc, char** argv) {
       comm = ddprun::comm::make_nccl_communicator(std::move(comm), comm_options);
     } catch (const CollectiveFailure& failure) {  // every rank knows it
       report(rank, failure);
-      return 1;
+      return ddprun::trainer::kExitSetUpFailed;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "ddptrain: error on rank %d: %s\n", rank, ddprun::comm::error_message(e).c_str());
-      return 1;
+      return ddprun::trainer::kExitSetUpFailed;
     }
   }
 
   try {
     if (ddprun::trainer::train(parsed.options, *comm, memory_policy) == ddprun::trainer::TrainOutcome::Preempted)
       return ddprun::trainer::kExitPreempted;
+  } catch (const ddprun::trainer::SetUpFailure& failure) {
+    report(rank, failure);
+    return ddprun::trainer::kExitSetUpFailed;
   } catch (const CollectiveFailure& failure) {
     report(rank, failure);
     return 1;

@@ -57,11 +57,16 @@ std::string signal_name(int signal) {
 }
 
 void watch_preemption_signals(const std::vector<int>& signals) {
+  static std::vector<int> watched;  // once per signal: a later call must not re-arm a handler that already fired
   struct sigaction action {};
   action.sa_handler = on_signal;
   action.sa_flags = SA_RESTART | SA_RESETHAND;  // restart interrupted calls; the next one of a kind is not caught
   sigemptyset(&action.sa_mask);
-  for (const int signal : signals) sigaction(signal, &action, nullptr);
+  for (const int signal : signals) {
+    if (std::find(watched.begin(), watched.end(), signal) != watched.end()) continue;
+    sigaction(signal, &action, nullptr);
+    watched.push_back(signal);
+  }
 }
 
 int preemption_signal() { return received; }

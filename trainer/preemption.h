@@ -19,7 +19,7 @@ std::vector<int> parse_signal_list(const std::string& list);
 std::string signal_name(int signal);
 
 // From now on the first of `signals` to arrive is recorded (and, once recorded, a second one of the same kind takes
-// its default action, so a second Ctrl-C still ends the process at once).
+// its default action, so a second Ctrl-C still ends the process at once). A signal already watched stays as it is.
 void watch_preemption_signals(const std::vector<int>& signals);
 
 // The signal recorded since watch_preemption_signals, or 0.

@@ -8,9 +8,11 @@
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
 #include "comm/agreement.h"
+#include "comm/launch_environment.h"
 #include "trainer/blas_info.h"
 #include "trainer/distributed_data_parallel.h"
 #include "trainer/distributed_sampler.h"
+#include "trainer/fault_injection.h"
 #include "trainer/first_difference.h"
 #include "trainer/idx_dataset.h"
 #include "trainer/lr_scheduler.h"
@@ -61,8 +63,7 @@ double seconds_since(Clock::time_point start) { return std::chrono::duration<dou
 // its own stdout) and otherwise stay quiet.
 bool progress_wanted() {
   if (const char* setting = std::getenv("DDPRUN_PROGRESS")) return std::strcmp(setting, "1") == 0;
-  const bool launched = std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_RANK") || std::getenv("SLURM_PROCID");
-  return !launched && isatty(STDOUT_FILENO);
+  return comm::read_launch_environment().launcher.empty() && isatty(STDOUT_FILENO);
 }
 
 // Intra-op threads for one of `local_ranks` ranks on this node: the cores this rank may run on when the launcher
@@ -76,15 +77,22 @@ int default_thread_count(int local_ranks) {
   return std::max(1, online / local_ranks);
 }
 
-// cuda:<local rank> when LibTorch sees GPUs, else the CPU. A rank whose local rank has no GPU of its own is an
-// error, not a silent CPU rank in a GPU job.
-c10::Device pick_device(int local_rank) {
+// The rank's own GPU when LibTorch sees GPUs (comm::choose_device_index: cuda:<local rank>, or cuda:0 when the
+// launcher gave each rank its own), else the CPU. A rank without a GPU of its own in a GPU job is an error, not a
+// silent CPU rank.
+c10::Device pick_device(const comm::LaunchEnvironment& launch, int local_rank, int local_size) {
   if (!torch::cuda::is_available()) return c10::Device(c10::kCPU);
-  const int gpus = static_cast<int>(torch::cuda::device_count());
-  if (local_rank >= gpus)
-    throw std::runtime_error("local rank " + std::to_string(local_rank) + " has no GPU of its own (" +
-                             std::to_string(gpus) + " visible on this node); start at most one rank per GPU");
-  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+  const int index =
+      comm::choose_device_index(launch, local_rank, local_size, static_cast<int>(torch::cuda::device_count()));
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+// "started by mpirun, ddprun restart 1, Slurm requeue 2" as far as the environment tells.
+std::string launch_text(const comm::LaunchEnvironment& launch) {
+  std::string text = launch.launcher.empty() ? "started by hand" : "started by " + launch.launcher;
+  if (launch.ddprun_restarts > 0) text += ", ddprun restart " + std::to_string(launch.ddprun_restarts);
+  if (launch.slurm_requeues > 0) text += ", Slurm requeue " + std::to_string(launch.slurm_requeues);
+  return text;
 }
 
 // What must be the same on every rank for the collectives to line up, one "name value" per line.
@@ -156,7 +164,11 @@ class Run {
         timeline_(rank0_ ? options.timeline : std::string(), comm.rank()) {}
 
   TrainOutcome execute() {
-    set_up();
+    try {
+      set_up();
+    } catch (const comm::CollectiveFailure& failure) {
+      throw SetUpFailure(failure.failed_rank(), failure.what());
+    }
     if (start_epoch_ >= o_.epochs) {
       if (rank0_)
         std::printf("ddptrain: nothing to train: the run is at epoch %d and --epochs is %d\n", start_epoch_, o_.epochs);
@@ -171,6 +183,7 @@ class Run {
       train_one_epoch(epoch, m, epoch == start_epoch_ ? resume_step_ : 0);
       if (stopped_mid_epoch_) break;  // --stop-after-steps: its checkpoint is written
       scheduler_->step();
+      epoch_of_evaluation_ = epoch;
       m.test_acc1 = evaluate();
       m.epoch_seconds = seconds_since(start);
       if (rank0_) {
@@ -178,12 +191,26 @@ class Run {
         std::fflush(stdout);
       }
       save_checkpoint(epoch, 0, &m);
+      // A signal during evaluation (or the save) stops the run here, at the epoch's end; after the last epoch there
+      // is nothing left to stop.
+      if (!stop_requested_ && epoch + 1 < o_.epochs && preemption_agreed()) {
+        stop_requested_ = true;
+        stopped_at_epoch_ = epoch;
+        stopped_at_step_ = epoch_steps_;
+      }
       if (stop_requested_) break;
     }
     // The last write must land before the job reports success (with --async-save it may still be going).
     comm::run_on_all_ranks(comm_, [&] {
       if (async_saver_) finish_async_save();
     });
+    const bool completed = stopped_at_epoch_ == o_.epochs - 1 && stopped_at_step_ == epoch_steps_;
+    if (preempted_by_ != 0 && completed) {
+      if (rank0_)
+        std::printf("ddptrain: %s arrived at the last step of the last epoch: training is complete\n",
+                    signal_name(preempted_by_).c_str());
+      return TrainOutcome::Finished;
+    }
     if (preempted_by_ != 0) {
       if (rank0_) {
         std::printf(
@@ -208,16 +235,21 @@ class Run {
 
  private:
   void set_up() {
-    comm::run_on_all_ranks(comm_, [&] { device_ = pick_device(comm_.local_rank()); });
+    const comm::LaunchEnvironment launch = comm::read_launch_environment();
+    comm::run_on_all_ranks(comm_, [&] {
+      device_ = pick_device(launch, comm_.local_rank(), comm_.local_size());
+      faults_ = FaultInjection::from_environment(comm_.rank());
+    });
     const int threads = o_.threads > 0 ? o_.threads : default_thread_count(comm_.local_size());
     at::set_num_threads(threads);
     if (rank0_) {
       const BlasInfo blas = detect_blas();
       std::printf(
-          "ddptrain: %d rank(s) over %s, device %s, %d intra-op thread(s) per rank, host memory: %s\n"
+          "ddptrain: %d rank(s) over %s (%s), device %s, %d intra-op thread(s) per rank, host memory: %s\n"
           "ddptrain: BLAS: %s%s%s\n",
-          comm_.size(), comm_.backend_name().c_str(), device_.str().c_str(), threads, host_memory_.c_str(),
-          blas.name.c_str(), blas.library_path.empty() ? "" : (" (" + blas.library_path + ")").c_str(),
+          comm_.size(), comm_.backend_name().c_str(), launch_text(launch).c_str(), device_.str().c_str(), threads,
+          host_memory_.c_str(), blas.name.c_str(),
+          blas.library_path.empty() ? "" : (" (" + blas.library_path + ")").c_str(),
           blas.detail.empty() ? "" : (" [" + blas.detail + "]").c_str());
       if (blas.is_reference)
         std::fprintf(stderr,
@@ -514,6 +546,7 @@ class Run {
     const at::Tensor order = sampler_->indices();
     const int64_t samples = order.size(0);
     const int64_t steps = (samples + o_.batch_size - 1) / o_.batch_size;
+    epoch_steps_ = steps;
     first_step = std::min(first_step, steps);
     const int64_t samples_before = epoch_samples_;
     ProgressLine progress(rank0_ && progress_wanted());
@@ -557,6 +590,7 @@ class Run {
                       static_cast<double>((epoch_samples_ - samples_before) * comm_.size()) / seconds_since(start));
       // --stop-after-steps N: this run's N-th step is its last (at the epoch's end, the epoch finishes as usual).
       ++steps_run_;
+      faults_.after_step(epoch, step + 1);
       // A step boundary: stop here if --stop-after-steps is reached or a preemption signal reached any rank ("|",
       // not "||": every rank joins the preemption all-reduce at every boundary).
       if (steps_now && ((o_.stop_after_steps > 0 && steps_run_ >= o_.stop_after_steps) | preemption_agreed())) {
@@ -625,6 +659,7 @@ class Run {
       auto [images, labels] = make_batch(test_data_, indices);
       const at::Tensor predicted = model_->forward(images.to(device_)).argmax(1);
       correct += predicted.eq(labels.to(device_)).sum().item<int64_t>();
+      faults_.during_evaluation(epoch_of_evaluation_);
     }
     at::Tensor counts = at::zeros({2}, at::kLong);
     counts[0] = correct;
@@ -763,6 +798,9 @@ class Run {
   int preempted_by_ = 0;  // the signal all ranks agreed on (the highest number any rank received), or 0
   int stopped_at_epoch_ = 0;
   int64_t stopped_at_step_ = 0;  // the step of stopped_at_epoch_ the run stopped before
+  int64_t epoch_steps_ = 0;      // steps in the current epoch
+  int epoch_of_evaluation_ = 0;  // the epoch evaluate() scores
+  FaultInjection faults_;        // DDPRUN_INJECT_SIGNAL, for tests
 };
 
 }  // namespace

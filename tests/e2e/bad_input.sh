@@ -10,19 +10,19 @@ small=(--train-limit 64 --test-limit 64 --epochs 1 --threads 1 --output-dir "$wo
 py=/usr/bin/python3
 
 case "$case_name" in
-  missing_data)   args=(--data-path "$work/nowhere"); code=1
+  missing_data)   args=(--data-path "$work/nowhere"); code=3
                   expect="cannot load the data set: '$work/nowhere/train-images-idx3-ubyte[.gz]' not found; check --data-path" ;;
   corrupt_data)
     mkdir "$work/data"
     for f in /usr/share/datasets/fashion-mnist/*; do ln -s "$f" "$work/data/"; done
     rm "$work/data/train-images-idx3-ubyte.gz"
     head -c 5000 /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz > "$work/data/train-images-idx3-ubyte.gz"
-    args=(--data-path "$work/data"); code=1; expect="train-images-idx3-ubyte.gz' is truncated or corrupt" ;;
+    args=(--data-path "$work/data"); code=3; expect="train-images-idx3-ubyte.gz' is truncated or corrupt" ;;
   unknown_model)  args=(--model resnet9000); code=2; expect="--model 'resnet9000' is not a known model; choose one of: mnist_cnn, mlp, resnet18" ;;
   unknown_backend) args=(--backend gloo); code=2; expect="--backend 'gloo' is not a backend; choose auto, mpi or nccl" ;;
   bad_comm_timeout) args=(--comm-timeout -1); code=2; expect="--comm-timeout -1 is out of range: must not be negative" ;;
   # No GPU here: NCCL refuses to start (or this build has none), on every rank, with what to do instead.
-  nccl_without_gpu) args=(--backend nccl); code=1; expect="use --backend mpi" ;;
+  nccl_without_gpu) args=(--backend nccl); code=3; expect="use --backend mpi" ;;
   bad_accum_steps) args=(--accum-steps 0); code=2; expect="--accum-steps 0 is out of range: must be at least 1" ;;
   save_steps_in_window) args=(--accum-steps 2 --save-every-steps 3); code=2; expect="--save-every-steps 3 is not a multiple of --accum-steps 2: a checkpoint cannot hold half-accumulated gradients" ;;
   bad_preempt_signal) args=(--preempt-signals USR1,KILL); code=2; expect="--preempt-signals: SIGKILL cannot be caught; use USR1 or USR2" ;;
@@ -31,14 +31,14 @@ case "$case_name" in
   unknown_flag)   args=(--learning-rate 0.1); code=2; expect="unrecognised option '--learning-rate'; run ddptrain --help" ;;
   out_of_range)   args=(-b 0); code=2; expect="--batch-size 0 is out of range: must be at least 1" ;;
   bad_config)     args=(--config "$work/none.ini"); code=2; expect="--config '$work/none.ini' cannot be opened" ;;
-  resume_missing) args=(--resume "$work/none.pth"); code=1; expect="cannot read checkpoint '$work/none.pth': No such file or directory" ;;
+  resume_missing) args=(--resume "$work/none.pth"); code=3; expect="cannot read checkpoint '$work/none.pth': No such file or directory" ;;
   resume_not_zip)
     echo "not a checkpoint" > "$work/notes.pth"
-    args=(--resume "$work/notes.pth"); code=1
+    args=(--resume "$work/notes.pth"); code=3
     expect="'$work/notes.pth' is not a PyTorch checkpoint (not a zip file written by torch.save)" ;;
   resume_unrelated)
     $py -c "import torch; torch.save({'weights': torch.zeros(3)}, '$work/other.pth')"
-    args=(--resume "$work/other.pth"); code=1; expect="--resume '$work/other.pth': is not a training checkpoint: it has no 'model' entry" ;;
+    args=(--resume "$work/other.pth"); code=3; expect="--resume '$work/other.pth': is not a training checkpoint: it has no 'model' entry" ;;
   resume_other_model)
     $py -c "
 import torch
@@ -47,7 +47,7 @@ o = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
 s = torch.optim.lr_scheduler.StepLR(o, 3)
 torch.save({'model': m.state_dict(), 'optimizer': o.state_dict(), 'lr_scheduler': s.state_dict(), 'epoch': 4},
            '$work/linear.pth')"
-    args=(--resume "$work/linear.pth"); code=1; expect="model state does not match the model: missing conv1.weight" ;;
+    args=(--resume "$work/linear.pth"); code=3; expect="model state does not match the model: missing conv1.weight" ;;
   resume_other_optimizer)
     # A Python SGD checkpoint of the same network, resumed with --opt adamw.
     $py -c "
@@ -59,15 +59,15 @@ o = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
 s = torch.optim.lr_scheduler.StepLR(o, 3)
 torch.save({'model': m.state_dict(), 'optimizer': o.state_dict(), 'lr_scheduler': s.state_dict(), 'epoch': 0},
            '$work/sgd.pth')"
-    args=(--resume "$work/sgd.pth" --opt adamw); code=1
+    args=(--resume "$work/sgd.pth" --opt adamw); code=3
     expect="--resume '$work/sgd.pth': optimizer state is not AdamW's (its parameter group has no 'betas'); resume with the --opt it was saved with" ;;
   output_unwritable)
     touch "$work/file"
     small=(--train-limit 64 --test-limit 64 --epochs 1 --threads 1 --output-dir "$work/file/out")
-    args=(); code=1; expect="cannot create --output-dir '$work/file/out'" ;;
+    args=(); code=3; expect="cannot create --output-dir '$work/file/out'" ;;
   ranks_disagree)
     # Two ranks started with different flags (an MPMD launch stands in for nodes with different config files).
-    args=(); code=1; expect="error on rank 1: this rank's run differs from rank 0's: lr is 0.2 here but 0.1 on rank 0; give every rank the same flags, config file and data"
+    args=(); code=3; expect="error on rank 1: this rank's run differs from rank 0's: lr is 0.2 here but 0.1 on rank 0; give every rank the same flags, config file and data"
     mpmd=(-np 1 "$bin/ddptrain" "${small[@]}" --lr 0.1 : -np 1 "$bin/ddptrain" "${small[@]}" --lr 0.2) ;;
   *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac

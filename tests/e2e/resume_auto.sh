@@ -34,7 +34,7 @@ set +e
 run "$work/run" --epochs 5 --resume auto > /dev/null 2> "$work/err3"
 code=$?
 set -e
-[ "$code" -eq 1 ] || fail "exit code $code with nothing loadable, expected 1"
+[ "$code" -eq 3 ] || fail "exit code $code with nothing loadable, expected 3 (failed before training)"
 grep -q "none of the 4 checkpoints in --output-dir '$work/run' can be loaded" "$work/err3" ||
   fail "no clear error: $(cat "$work/err3")"
 echo "PASSED: --keep-last 2, --resume auto skips broken files, starts afresh in an empty folder, stops when none loads"

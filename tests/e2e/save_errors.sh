@@ -61,7 +61,7 @@ grep -q "resumed from $work/mapped/checkpoint.pth: .* (map_location: cpu=cpu, cu
 /usr/bin/python3 "$here/same_state.py" "$work/plain/checkpoint.pth" "$work/mapped/checkpoint.pth" ||
   fail "--map-location reached another state"
 for bad in "$work/missing.pth" "$work/base"; do  # a missing file, a folder: the same line as without broadcasting
-  expect_exit 1 "$work/badcast.log" "$work/badcast" --resume "$bad" --resume-broadcast
+  expect_exit 3 "$work/badcast.log" "$work/badcast" --resume "$bad" --resume-broadcast
   grep -qE "error: cannot read checkpoint '$bad': (No such file or directory|Is a directory)$" "$work/badcast.log" ||
     fail "--resume-broadcast of $bad: no clear error: $(cat "$work/badcast.log")"
 done

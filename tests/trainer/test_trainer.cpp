@@ -4,10 +4,12 @@
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
 #include "trainer/distributed_sampler.h"
+#include "trainer/fault_injection.h"
 #include "trainer/idx_dataset.h"
 #include "trainer/lr_scheduler.h"
 #include "trainer/models.h"
 #include "trainer/options.h"
+#include "trainer/preemption.h"
 #include "trainer/sgd.h"
 
 #include <gtest/gtest.h>
@@ -16,6 +18,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -515,4 +518,33 @@ TEST(ModuleState, LoadsStrictlyAndSaysWhatDoesNotMatch) {
   auto c = make_model("mnist_cnn");
   ddprun::checkpoint::load_module_state_dict(*c, wrapped);
   EXPECT_TRUE(c->named_parameters()["conv1.weight"].equal(a->named_parameters()["conv1.weight"]));
+}
+
+TEST(FaultInjection, FiresOnceOnItsRankAtTheNamedPoint) {
+  watch_preemption_signals({SIGUSR2});
+  FaultInjection other_rank = FaultInjection::parse("USR2:1:0:eval", 0);
+  EXPECT_FALSE(other_rank.armed());
+  FaultInjection injection = FaultInjection::parse("SIGUSR2:0:1:3", 0);
+  ASSERT_TRUE(injection.armed());
+  injection.after_step(0, 3);  // another epoch
+  injection.after_step(1, 2);  // another step
+  injection.during_evaluation(1);
+  EXPECT_EQ(preemption_signal(), 0);
+  injection.after_step(1, 3);
+  EXPECT_EQ(preemption_signal(), SIGUSR2);
+  EXPECT_FALSE(injection.armed());
+  EXPECT_TRUE(FaultInjection::parse("KILL:0:0:eval", 0).armed());
+  EXPECT_FALSE(FaultInjection::parse("", 0).armed());
+}
+
+TEST(FaultInjection, RefusesWhatItCannotRead) {
+  for (const char* bad :
+       {"USR1", "USR1:0:0", "BOGUS:0:0:1", "USR1:x:0:1", "USR1:0:0:0", "USR1:0:-1:1", "USR1:0:0:later"}) {
+    try {
+      FaultInjection::parse(bad, 0);
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_EQ(std::string(e.what()).rfind("DDPRUN_INJECT_SIGNAL '" + std::string(bad) + "'", 0), 0u) << e.what();
+    }
+  }
 }
