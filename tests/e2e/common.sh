@@ -7,3 +7,29 @@ fail() {
   echo "FAILED: $*" >&2
   exit 1
 }
+# wait_for_file FILE WHAT: waits up to 30 s for FILE to appear; fails naming WHAT.
+wait_for_file() {
+  for _ in $(seq 600); do [ -e "$1" ] && return 0; sleep 0.05; done
+  fail "no $2 after 30 s"
+}
+# rank_pid PATTERN RANK: the pid of the process whose command line matches PATTERN and whose Open MPI rank is RANK.
+rank_pid() {
+  local p
+  for p in $(pgrep -f "$1"); do
+    if tr '\0' '\n' < "/proc/$p/environ" 2> /dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2"; then
+      echo "$p"
+      return 0
+    fi
+  done
+  fail "no rank $2 among the processes matching '$1'"
+}
+# signal_and_wait SIGNAL VICTIM JOB: sends SIGNAL to VICTIM, waits for the background job JOB; sets $code (its exit
+# code) and $elapsed (seconds from the signal to its end).
+signal_and_wait() {
+  local start
+  start=$(date +%s.%N)
+  kill "-$1" "$2"
+  code=0
+  wait "$3" || code=$?
+  elapsed=$(echo "$(date +%s.%N) - $start" | bc)
+}

@@ -1,0 +1,116 @@
+// Parsing ddprun's flags (everything up to "--"; what follows is the program and its arguments).
+#include "launcher/launch_options.h"
+
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+
+namespace ddprun::launcher {
+
+const char* const kLaunchUsage =
+    "usage: ddprun [options] -- PROGRAM [ARGS...]\n"
+    "Starts PROGRAM (usually ddptrain) once per rank with mpirun (or srun), forwards signals to every rank,\n"
+    "restarts the job after a failure and requeues it under Slurm after a preemption.\n"
+    "Ranks and hosts:\n"
+    "  --np N, -np N, -n N   number of ranks (default: the slots of -H/--hostfile, else GPUs per node x nodes,\n"
+    "                        else the Slurm allocation, else 1)\n"
+    "  --gpus-per-node G     GPUs (ranks) per node (default: CUDA_VISIBLE_DEVICES, else outside Slurm /dev/nvidiaN)\n"
+    "  -H, --host HOST[:SLOTS],...   hosts to run on (default: --hostfile, else the Slurm allocation, else this node)\n"
+    "  --hostfile FILE       an Open MPI hostfile ('HOST slots=N' per line)\n"
+    "Launching:\n"
+    "  --launcher mpirun|srun  start the ranks with Open MPI's mpirun (default) or Slurm's srun --mpi=pmix\n"
+    "  --mpirun PATH, --srun PATH  the launcher program to use (default: from PATH)\n"
+    "  -x VAR[=VALUE]        pass VAR (or set it to VALUE) on every rank (repeatable; PATH, LD_LIBRARY_PATH,\n"
+    "                        the thread settings OMP_*/MKL_NUM_THREADS/OPENBLAS_NUM_THREADS, NCCL_* and DDPRUN_* "
+    "always)\n"
+    "  --dry-run             print the launch command and exit\n"
+    "Failures and preemption:\n"
+    "  --max-restarts K      after a failure (a rank crashed or was killed), start the job again with --resume auto,\n"
+    "                        up to K times (default 0); failures before training started (exit codes 2, 3) are final\n"
+    "  --restart-delay S     seconds before the first restart, doubled for each next one, at most 60 (default 1)\n"
+    "  --no-requeue          under Slurm, do not run 'scontrol requeue' when the ranks exit preempted (75)\n"
+    "  -h, --help            print this help\n"
+    "Signals: SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 to ddprun reach every rank (mpirun answers SIGTERM with\n"
+    "SIGKILL a few seconds later, so preempt with SIGUSR1 or SIGUSR2, which ddptrain's --preempt-signals catches).\n"
+    "Exit codes: 0 success; 75 preempted, checkpoint saved, requeue (done by ddprun under Slurm); 2 a bad ddprun flag\n"
+    "or no launcher; otherwise the job's code (1 failure, 2 bad program flags, 3 failed before training, 128+N killed\n"
+    "by signal N).\n";
+
+namespace {
+
+int whole_number(const std::string& flag, const std::string& text, int smallest) {
+  char* end = nullptr;
+  errno = 0;
+  const long value = std::strtol(text.c_str(), &end, 10);
+  if (errno != 0 || end == text.c_str() || *end != '\0' || value < smallest || value > INT_MAX)
+    throw UsageError(flag + " '" + text + "' is not a " + (smallest > 0 ? "positive" : "non-negative") +
+                     " whole number");
+  return static_cast<int>(value);
+}
+
+}  // namespace
+
+LaunchOptions parse_launch_options(int argc, const char* const* argv) {
+  LaunchOptions o;
+  int i = 1;
+  for (; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw UsageError(arg + " needs a value; see ddprun --help");
+      return argv[++i];
+    };
+    if (arg == "--") {
+      ++i;
+      break;
+    } else if (arg == "--np" || arg == "-np" || arg == "-n") {
+      o.shape.ranks = whole_number(arg, value(), 1);
+    } else if (arg == "--gpus-per-node") {
+      o.shape.gpus_per_node = whole_number(arg, value(), 1);
+    } else if (arg == "-H" || arg == "--host") {
+      o.shape.hosts = value();
+    } else if (arg == "--hostfile") {
+      o.shape.hostfile = value();
+    } else if (arg == "--launcher") {
+      o.launcher = value();
+      if (o.launcher != "mpirun" && o.launcher != "srun")
+        throw UsageError("--launcher '" + o.launcher + "' is not one ddprun knows; choose mpirun or srun");
+    } else if (arg == "--mpirun" || arg == "--srun") {
+      o.launcher = arg.substr(2);
+      o.launcher_path = value();
+    } else if (arg == "-x") {
+      const std::string entry = value();
+      if (entry.empty() || entry[0] == '=')
+        throw UsageError("-x '" + entry + "' names no variable; write -x VAR[=VALUE]");
+      o.exports.push_back(entry);
+    } else if (arg == "--max-restarts") {
+      o.max_restarts = whole_number(arg, value(), 0);
+    } else if (arg == "--restart-delay") {
+      const std::string text = value();
+      char* end = nullptr;
+      o.restart_delay = std::strtod(text.c_str(), &end);
+      if (end == text.c_str() || *end != '\0' || !std::isfinite(o.restart_delay) || o.restart_delay < 0)
+        throw UsageError("--restart-delay '" + text + "' is not a number of seconds (0 or more)");
+    } else if (arg == "--no-requeue") {
+      o.requeue = false;
+    } else if (arg == "--dry-run") {
+      o.dry_run = true;
+    } else if (arg == "-h" || arg == "--help") {
+      o.help = true;
+      return o;
+    } else {
+      throw UsageError("unknown option '" + arg + "'; put the program after '--' (ddprun --np 2 -- ddptrain ...)");
+    }
+  }
+  if (!o.shape.hosts.empty() && !o.shape.hostfile.empty())
+    throw UsageError("-H and --hostfile both name hosts; give one of them");
+  if (o.launcher == "srun" && !o.shape.hostfile.empty())
+    throw UsageError(
+        "--hostfile is Open MPI's; with --launcher srun give the hosts with -H or let the Slurm allocation "
+        "name them");
+  for (; i < argc; ++i) o.program.emplace_back(argv[i]);
+  if (o.program.empty()) throw UsageError("no program to start; usage: ddprun --np 2 -- ddptrain [ARGS...]");
+  return o;
+}
+
+}  // namespace ddprun::launcher
