@@ -14,6 +14,8 @@ packages=(
   libopenblas0-openmp             # an optimized BLAS behind libblas.so.3 (the reference one is many times slower)
   python3-torch python3-torchvision  # tests that read our checkpoints with Python's torch.load
   clang-14 libclang-rt-14-dev     # the checkpoint reader's libFuzzer target (address + undefined sanitizers)
+  slurmctld slurmd slurm-client munge  # a real one-node Slurm cluster for the sbatch/preempt/requeue test
+  bc                              # the fault tests' timings
 )
 
 missing=()
