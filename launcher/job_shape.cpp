@@ -184,6 +184,8 @@ JobShape plan_job(const ShapeRequest& request, const Environment& env) {
       host.slots = even_share;
     }
   }
+  // A hostfile line without slots= would give mpirun the host's core count: pass the planned slots with -H.
+  if (!shape.hostfile.empty() && !slots_given) shape.hostfile.clear();
   if (!shape.hosts.empty()) {
     const int slots = slot_sum(shape.hosts);
     if (shape.ranks > slots)

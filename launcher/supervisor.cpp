@@ -49,7 +49,10 @@ pid_t start_child(const std::vector<std::string>& command, const sigset_t& mask)
     // The ranks read no input: mpirun would otherwise pass ddprun's stdin to rank 0 and use it up (a script's loop
     // around ddprun loses its input), and a process group that is not the terminal's foreground cannot read it.
     const int null = open("/dev/null", O_RDONLY);
-    if (null >= 0) dup2(null, STDIN_FILENO);
+    if (null > STDIN_FILENO) {
+      dup2(null, STDIN_FILENO);
+      close(null);
+    }
     std::vector<char*> argv;
     for (const std::string& word : command) argv.push_back(const_cast<char*>(word.c_str()));
     argv.push_back(nullptr);
@@ -87,6 +90,11 @@ bool requeue_slurm_job(const std::string& job, const sigset_t& mask) {
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return true;
+  // Slurm carries the requeue out at once: it ends the job's processes with SIGTERM, scontrol among them when it
+  // has not exited yet. ddprun holds its own SIGTERM pending: that one says the requeue is under way.
+  sigset_t pending;
+  sigpending(&pending);
+  if (WIFSIGNALED(status) && sigismember(&pending, SIGTERM) == 1) return true;
   say("warning: 'scontrol requeue " + job + "' failed (" +
       (WIFEXITED(status) ? "exit code " + std::to_string(WEXITSTATUS(status)) : std::string("killed")) +
       "); was the job submitted with --requeue? Requeue it yourself, or resubmit it: it continues with --resume auto");

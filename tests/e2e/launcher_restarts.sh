@@ -31,7 +31,8 @@ for signal in TERM USR1; do  # during a long restart delay
   LOG=$work/runs EXIT_CODE=1 "$bin/ddprun" --np 2 --max-restarts 1 --restart-delay 30 -- "$work/fail.sh" \
     > "$work/delay.out" 2>&1 &
   pid=$!
-  for _ in $(seq 200); do grep -q "restart 1 of 1 in 30 s" "$work/delay.out" && break; sleep 0.05; done
+  for _ in $(seq 1200); do grep -q "restart 1 of 1 in 30 s" "$work/delay.out" && break; sleep 0.05; done
+  grep -q "restart 1 of 1 in 30 s" "$work/delay.out" || fail "no restart delay after 60 s: $(cat "$work/delay.out")"
   kill "-$signal" "$pid"
   code=0
   wait "$pid" || code=$?

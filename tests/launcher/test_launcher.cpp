@@ -138,6 +138,13 @@ TEST(JobShape, ReadsOpenMpiHostfiles) {
   const JobShape shape = plan_job(request, {});
   EXPECT_EQ(shape.ranks, 8);
   EXPECT_EQ(shape.hostfile, path);
+  // Without slots= mpirun would count the host's cores: the planned slots go to mpirun with -H instead.
+  std::ofstream(path) << "node1\nnode2\n";
+  request.gpus_per_node = 4;
+  const JobShape planned = plan_job(request, {});
+  EXPECT_EQ(planned.ranks, 8);
+  EXPECT_EQ(planned.hostfile, "");
+  EXPECT_EQ(hosts_text(planned), "node1:4,node2:4");
   std::remove(path.c_str());
   EXPECT_THROW(read_hostfile(path), std::invalid_argument);
 }
