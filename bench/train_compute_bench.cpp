@@ -7,7 +7,7 @@
 // Each epoch trains the N / R samples one rank of an R-rank run gets (DistributedSampler, rank 0) and prints
 // "epoch E images/s X"; the last line is "RESULT model M images_per_sec X" with the median over epochs after the
 // first (which also pays for first-touch allocations).
-#include "trainer/distributed_sampler.h"
+#include "ddprun/distributed_sampler.h"
 #include "trainer/host_memory.h"
 #include "trainer/idx_dataset.h"
 #include "trainer/models.h"
@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
 
   std::vector<double> rates;
   for (int epoch = 0; epoch < epochs; ++epoch) {
-    DistributedSampler sampler(data.size(), 0, ranks, true, 1);
+    ddprun::DistributedSampler sampler(data.size(), 0, ranks, true, 1);
     sampler.set_epoch(epoch);
     const at::Tensor order = sampler.indices();
     std::vector<std::pair<at::Tensor, at::Tensor>> batches;  // ready before the clock starts

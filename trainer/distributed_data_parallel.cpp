@@ -160,6 +160,14 @@ void DistributedDataParallel::mark_ready(size_t i) {
   if (--bucket.pending == 0) launch_ready_buckets();
 }
 
+void DistributedDataParallel::zero_grad() {
+  at::NoGradGuard no_grad;
+  for (Bucket& bucket : buckets_) bucket.data.zero_();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!params_[i].grad().is_same(views_[i])) params_[i].mutable_grad() = views_[i];
+  }
+}
+
 void DistributedDataParallel::launch_ready_buckets() {
   // In index order on every rank: the ranks' collectives must line up, whatever order their gradients came in.
   while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].pending == 0) {

@@ -60,6 +60,11 @@ class DistributedDataParallel {
   // Call before each forward: broadcasts rank 0's buffers (when the module has any and broadcast_buffers is set).
   void before_forward();
 
+  // Zeros every gradient in place, one fill per bucket, and puts back any .grad that was replaced. LibTorch's
+  // torch::optim::Optimizer::zero_grad() cannot be used: it detaches each gradient in place, which a view into a
+  // bucket refuses.
+  void zero_grad();
+
   // While a NoSync is alive, backward accumulates gradients locally without communication (gradient accumulation);
   // the first backward after it all-reduces the accumulated sums.
   class NoSync {

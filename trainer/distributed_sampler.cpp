@@ -1,6 +1,6 @@
 // DistributedSampler: the permutation comes from at::randperm with a CPU generator seeded like Python's, so the
 // order matches torch.utils.data.DistributedSampler index for index.
-#include "trainer/distributed_sampler.h"
+#include "ddprun/distributed_sampler.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ops/arange.h>
@@ -9,7 +9,7 @@
 
 #include <stdexcept>
 
-namespace ddprun::trainer {
+namespace ddprun {
 
 DistributedSampler::DistributedSampler(int64_t dataset_size, int rank, int world_size, bool shuffle, int64_t seed)
     : dataset_size_(dataset_size), rank_(rank), world_size_(world_size), shuffle_(shuffle), seed_(seed) {
@@ -35,4 +35,4 @@ at::Tensor DistributedSampler::indices() const {
   return order.slice(0, rank_, total, world_size_).contiguous();
 }
 
-}  // namespace ddprun::trainer
+}  // namespace ddprun

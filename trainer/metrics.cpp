@@ -26,7 +26,7 @@ std::string to_json(const EpochMetrics& m) {
          ", \"images_per_sec\": " + number(m.images_per_sec, "%.2f") + ", \"lr\": " + number(m.lr, "%.10g") +
          ", \"epoch_seconds\": " + number(m.epoch_seconds, "%.3f") +
          ", \"checkpoint_stall_s\": " + number(m.checkpoint_stall_seconds, "%.4f") +
-         ", \"world_size\": " + std::to_string(m.world_size) + "}";
+         ", \"world_size\": " + std::to_string(m.world_size) + ", \"resumed\": " + (m.resumed ? "true" : "false") + "}";
 }
 
 std::string to_text(const EpochMetrics& m, int64_t epochs) {

@@ -17,6 +17,7 @@ struct EpochMetrics {
   double epoch_seconds = 0;
   double checkpoint_stall_seconds = 0;  // how long the epoch's checkpoints held training up (rank 0's view)
   int world_size = 1;
+  bool resumed = false;  // the first epoch of a run that continued from a checkpoint (a restart, a requeue)
 };
 
 std::string to_json(const EpochMetrics& m);

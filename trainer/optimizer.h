@@ -23,7 +23,7 @@ class Optimizer {
   void zero_grad();
 
   double lr() const { return lr_; }
-  void set_lr(double lr) { lr_ = lr; }
+  virtual void set_lr(double lr) { lr_ = lr; }
   // param_groups[0]["initial_lr"]: set by the first learning-rate scheduler made for this optimizer.
   std::optional<double> initial_lr() const { return initial_lr_; }
   void set_initial_lr(double lr) { initial_lr_ = lr; }

@@ -5,13 +5,14 @@
 #include "trainer/trainer.h"
 
 #include "checkpoint/async_saver.h"
+#include "checkpoint/checkpoint_folder.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
 #include "comm/agreement.h"
 #include "comm/launch_environment.h"
+#include "ddprun/distributed_sampler.h"
 #include "trainer/blas_info.h"
 #include "trainer/distributed_data_parallel.h"
-#include "trainer/distributed_sampler.h"
 #include "trainer/fault_injection.h"
 #include "trainer/first_difference.h"
 #include "trainer/idx_dataset.h"
@@ -179,6 +180,7 @@ class Run {
       m.epoch = epoch;
       m.world_size = comm_.size();
       m.lr = optimizer_->lr();
+      m.resumed = epoch == start_epoch_ && resumed_;
       const auto start = Clock::now();
       train_one_epoch(epoch, m, epoch == start_epoch_ ? resume_step_ : 0);
       if (stopped_mid_epoch_) break;  // --stop-after-steps: its checkpoint is written
@@ -351,32 +353,15 @@ class Run {
       load_checkpoint(o_.resume);
       chosen = o_.resume;
     } else {
-      // Rank 0's listing, so that every rank tries the same files in the same order.
-      const std::string listing = comm_.allgather_bytes(rank0_ ? join_lines(checkpoints_newest_first()) : "")[0];
-      std::vector<std::string> candidates;
-      std::istringstream lines(listing);
-      for (std::string line; std::getline(lines, line);) candidates.push_back(line);
-      for (const std::string& path : candidates) {
-        try {
-          load_checkpoint(path);
-          chosen = path;
-          break;
-        } catch (const comm::CollectiveFailure& e) {
-          if (rank0_) std::fprintf(stderr, "ddptrain: warning: --resume auto: skipping a newer file: %s\n", e.what());
-        }
-      }
-      comm::run_on_all_ranks(comm_, [&] {
-        if (chosen.empty() && !candidates.empty())
-          throw std::runtime_error("--resume auto: none of the " + std::to_string(candidates.size()) +
-                                   " checkpoints in --output-dir '" + o_.output_dir +
-                                   "' can be loaded (see the warnings above); move them away to start afresh");
-      });
+      chosen = checkpoint::load_newest(comm_, folder_, "ddptrain", "--output-dir",
+                                       [this](const std::string& path) { load_checkpoint(path); });
       if (chosen.empty()) {
         if (rank0_)
           std::printf("ddptrain: --resume auto: no checkpoint in '%s' yet; starting afresh\n", o_.output_dir.c_str());
         return;
       }
     }
+    resumed_ = true;
     if (rank0_) {
       std::printf("ddptrain: resumed from %s: continuing at epoch %d%s with lr %.6g%s\n", chosen.c_str(), start_epoch_,
                   resume_step_ > 0 ? (", step " + std::to_string(resume_step_)).c_str() : "", optimizer_->lr(),
@@ -491,39 +476,6 @@ class Run {
           "number of samples seen); training continues correctly but not bit-identically to an uninterrupted run\n",
           static_cast<long long>(world), static_cast<long long>(batch), comm_.size(), o_.batch_size, start_epoch_,
           resume_step_);
-  }
-
-  // checkpoint.pth, then the model_<epoch>.pth files from the highest epoch down, as found in --output-dir.
-  std::vector<std::string> checkpoints_newest_first() const {
-    std::vector<std::string> paths;
-    const std::string newest = o_.output_dir + "/checkpoint.pth";
-    std::error_code ec;
-    if (std::filesystem::exists(newest, ec)) paths.push_back(newest);
-    for (const auto& [epoch, path] : epoch_files()) paths.push_back(path);
-    return paths;
-  }
-
-  // The model_<epoch>.pth files in --output-dir, highest epoch first.
-  std::vector<std::pair<int64_t, std::string>> epoch_files() const {
-    std::vector<std::pair<int64_t, std::string>> files;
-    std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator(o_.output_dir, ec)) {
-      const std::string name = entry.path().filename().string();
-      if (name.size() <= std::strlen("model_.pth") || name.rfind("model_", 0) != 0 ||
-          name.compare(name.size() - 4, 4, ".pth") != 0)
-        continue;
-      const std::string number = name.substr(std::strlen("model_"), name.size() - std::strlen("model_.pth"));
-      if (number.find_first_not_of("0123456789") != std::string::npos) continue;
-      files.emplace_back(std::stoll(number), entry.path().string());
-    }
-    std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-    return files;
-  }
-
-  static std::string join_lines(const std::vector<std::string>& lines) {
-    std::string text;
-    for (const std::string& line : lines) text += line + "\n";
-    return text;
   }
 
   // Trains steps [first_step, steps) of `epoch`; a first_step past 0 continues a mid-epoch checkpoint.
@@ -679,10 +631,10 @@ class Run {
       if (!rank0_) return;
       create_output_dir();
       std::vector<std::string> paths;
-      if (next_step == 0) paths.push_back(o_.output_dir + "/model_" + std::to_string(epoch) + ".pth");
+      if (next_step == 0) paths.push_back(folder_.for_epoch(epoch));
       // Its own file, not a link to model_<epoch>.pth: a later torch.save over checkpoint.pth (as torchvision's
       // train.py does in the same folder) must not rewrite the per-epoch file.
-      paths.push_back(o_.output_dir + "/checkpoint.pth");
+      paths.push_back(folder_.newest());
       write_checkpoint(checkpoint_object(epoch, next_step, states), paths, next_step == 0);
       if (m != nullptr) {
         m->checkpoint_stall_seconds = stall_seconds_ + seconds_since(start);
@@ -719,7 +671,7 @@ class Run {
   // with --on-save-error continue, is a warning.
   void write_checkpoint(const Value& object, const std::vector<std::string>& paths, bool per_epoch) {
     auto after_saved = [this, per_epoch] {
-      if (per_epoch) prune_epoch_files();
+      if (per_epoch) folder_.keep_last(o_.keep_last, "ddptrain");
     };
     if (async_saver_) {
       finish_async_save();  // the previous write: it must land before the next one starts
@@ -756,20 +708,8 @@ class Run {
                              "auto (--on-save-error continue trains on without saving)");
   }
 
-  // --keep-last N: the N newest per-epoch files stay.
-  void prune_epoch_files() const {
-    if (o_.keep_last <= 0) return;
-    const auto files = epoch_files();
-    for (size_t i = static_cast<size_t>(o_.keep_last); i < files.size(); ++i) {
-      std::error_code ec;
-      std::filesystem::remove(files[i].second, ec);
-      if (ec)
-        std::fprintf(stderr, "ddptrain: warning: --keep-last: cannot remove %s: %s\n", files[i].second.c_str(),
-                     ec.message().c_str());
-    }
-  }
-
   const TrainOptions& o_;
+  const checkpoint::CheckpointFolder folder_{o_.output_dir};
   comm::Communicator& comm_;
   const bool rank0_;
   const std::string host_memory_;
@@ -799,6 +739,7 @@ class Run {
   int stopped_at_epoch_ = 0;
   int64_t stopped_at_step_ = 0;  // the step of stopped_at_epoch_ the run stopped before
   int64_t epoch_steps_ = 0;      // steps in the current epoch
+  bool resumed_ = false;         // this run continued from a checkpoint
   int epoch_of_evaluation_ = 0;  // the epoch evaluate() scores
   FaultInjection faults_;        // DDPRUN_INJECT_SIGNAL, for tests
 };

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-namespace ddprun::trainer {
+namespace ddprun {
 
 class DistributedSampler {
  public:
@@ -30,4 +30,4 @@ class DistributedSampler {
   int64_t num_samples_;
 };
 
-}  // namespace ddprun::trainer
+}  // namespace ddprun

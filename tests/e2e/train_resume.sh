@@ -28,9 +28,12 @@ awk -v a="$acc" 'BEGIN { exit !(a > 50) }' || fail "test accuracy after 3 epochs
 # The resumed epoch is the epoch an uninterrupted run trains: same loss and accuracy to the last printed digit
 # (weights, momentum, learning rate, data order and dropout draws all continue where they stopped).
 mpirun --oversubscribe -np 2 "$bin/ddptrain" "${common[@]}" --epochs 3 --output-dir "$work/straight" > "$work/straight.log"
+# The same but for timings and the "resumed" mark, which only the resumed run's line has.
 resumed=$(grep '"epoch": 2,' "$work/metrics.jsonl" | sed 's/"images_per_sec.*"world_size"//')
 straight=$(grep '"epoch": 2,' "$work/straight/metrics.jsonl" | sed 's/"images_per_sec.*"world_size"//')
-[ "$resumed" = "$straight" ] || fail "resumed epoch 2 differs from an uninterrupted run: $resumed vs $straight"
+[ "${resumed/\"resumed\": true/}" = "${straight/\"resumed\": false/}" ] ||
+  fail "resumed epoch 2 differs from an uninterrupted run: $resumed vs $straight"
+[[ "$resumed" == *'"resumed": true}' ]] || fail "the resumed run's first epoch is not marked resumed: $resumed"
 cmp -s <(/usr/bin/python3 -c "import torch,sys; print(torch.load(sys.argv[1])['model']['fc2.weight'].sum().item())" "$work/model_2.pth") \
        <(/usr/bin/python3 -c "import torch,sys; print(torch.load(sys.argv[1])['model']['fc2.weight'].sum().item())" "$work/straight/model_2.pth") ||
   fail "weights after the resumed epoch differ from an uninterrupted run"

@@ -3,7 +3,7 @@
 // and resumed from each other's state dicts both ways) and the models' state dicts.
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
-#include "trainer/distributed_sampler.h"
+#include "ddprun/distributed_sampler.h"
 #include "trainer/fault_injection.h"
 #include "trainer/idx_dataset.h"
 #include "trainer/lr_scheduler.h"
@@ -192,7 +192,7 @@ TEST(DistributedSampler, MatchesPyTorchIndexForIndex) {
                                      std::to_string(seed) + " " + std::to_string(epoch));
     ASSERT_EQ(static_cast<int>(expected.size()), world) << "python reference failed";
     for (int rank = 0; rank < world; ++rank) {
-      DistributedSampler sampler(n, rank, world, /*shuffle=*/true, seed);
+      ddprun::DistributedSampler sampler(n, rank, world, /*shuffle=*/true, seed);
       sampler.set_epoch(epoch);
       at::Tensor got = sampler.indices();
       ASSERT_EQ(got.size(0), static_cast<int64_t>(expected[rank].size()));
@@ -203,7 +203,7 @@ TEST(DistributedSampler, MatchesPyTorchIndexForIndex) {
 }
 
 TEST(DistributedSampler, EpochsReshuffleAndRanksCoverEverySample) {
-  DistributedSampler a(1000, 0, 2, true, 3), b(1000, 1, 2, true, 3);
+  ddprun::DistributedSampler a(1000, 0, 2, true, 3), b(1000, 1, 2, true, 3);
   at::Tensor all = at::cat({a.indices(), b.indices()});
   EXPECT_EQ(std::get<0>(at::_unique(all)).size(0), 1000);
   at::Tensor first = a.indices();
