@@ -7,10 +7,11 @@ fail() {
   echo "FAILED: $*" >&2
   exit 1
 }
-# wait_for_file FILE WHAT: waits up to 30 s for FILE to appear; fails naming WHAT.
+# wait_for_file FILE WHAT [SECONDS]: waits up to SECONDS (30) for FILE to appear; fails naming WHAT.
 wait_for_file() {
-  for _ in $(seq 600); do [ -e "$1" ] && return 0; sleep 0.05; done
-  fail "no $2 after 30 s"
+  local seconds=${3:-30}
+  for _ in $(seq $((seconds * 20))); do [ -e "$1" ] && return 0; sleep 0.05; done
+  fail "no $2 after $seconds s"
 }
 # rank_pid PATTERN RANK: the pid of the process whose command line matches PATTERN and whose Open MPI rank is RANK.
 rank_pid() {
