@@ -16,6 +16,7 @@ packages=(
   clang-14 libclang-rt-14-dev     # the checkpoint reader's libFuzzer target (address + undefined sanitizers)
   slurmctld slurmd slurm-client munge  # a real one-node Slurm cluster for the sbatch/preempt/requeue test
   bc                              # the fault tests' timings
+  python3-matplotlib              # scripts/plot_metrics.py
 )
 
 missing=()
