@@ -31,8 +31,9 @@ const char* const kLaunchUsage =
     "  --restart-delay S     seconds before the first restart, doubled for each next one, at most 60 (default 1)\n"
     "  --no-requeue          under Slurm, do not run 'scontrol requeue' when the ranks exit preempted (75)\n"
     "  -h, --help            print this help\n"
-    "Signals: SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 to ddprun reach every rank (mpirun answers SIGTERM with\n"
-    "SIGKILL a few seconds later, so preempt with SIGUSR1 or SIGUSR2, which ddptrain's --preempt-signals catches).\n"
+    "Signals: SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 to ddprun reach every rank (mpirun ends the job on TERM,\n"
+    "INT and HUP: SIGTERM after 1 s, SIGKILL at most 1 s later, so preempt with SIGUSR1 or SIGUSR2, which ddptrain's\n"
+    "--preempt-signals catches).\n"
     "Exit codes: 0 success; 75 preempted, checkpoint saved, requeue (done by ddprun under Slurm); 2 a bad ddprun flag\n"
     "or no launcher; otherwise the job's code (1 failure, 2 bad program flags, 3 failed before training, 128+N killed\n"
     "by signal N).\n";

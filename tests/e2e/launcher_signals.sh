@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
 # Signals to ddprun reach every rank: SIGUSR1 and SIGUSR2 as they are (mpirun forwards them), SIGTERM, SIGINT and
 # SIGHUP as the end of the job (mpirun terminates the ranks); after a signal ddprun does not restart the job, even
-# with --max-restarts, and exits with the job's code. The ranks are a shell script that writes down what it gets.
+# with --max-restarts, and exits with the job's code. The ranks are a Python script that writes down what it gets.
 set -euo pipefail
 bin=$1
 . "$(dirname "$0")/common.sh"
-cat > "$work/rank.sh" <<'RANK'
-#!/bin/sh
-# Writes each signal it gets to $1/rank<N>; USR1/USR2 are noted and it goes on, the others end it.
-out=$1/rank$OMPI_COMM_WORLD_RANK
-for s in USR1 USR2 TERM INT HUP; do
-  trap "echo $s >> $out; case $s in USR*) ;; *) exit 0 ;; esac" "$s"
-done
-echo "started $DDPRUN_RESTART_COUNT" >> "$out"
-while :; do sleep 0.05; done  # until TERM, INT or HUP ends it (ctest's timeout otherwise)
+cat > "$work/rank.py" <<'RANK'
+#!/usr/bin/python3
+# Writes each signal it gets to $1/rank<N> and goes on, so that mpirun's SIGKILL ends it. That is how mpirun (Open
+# MPI 4.1) ends a job on SIGTERM, SIGINT or SIGHUP: SIGCONT to every rank, a second later SIGTERM, and SIGKILL a
+# second after that or as soon as the first rank exits, whichever comes first. A rank that exits on SIGTERM would
+# have the other killed within milliseconds, often before it could write. Python runs a handler at once, in the
+# middle of its sleep (a shell runs a trap only once the command it waits for is done).
+import os, signal, sys, time
+
+out = open(f"{sys.argv[1]}/rank{os.environ['OMPI_COMM_WORLD_RANK']}", "a", buffering=1)
+
+
+def note(number, frame):
+    name = signal.Signals(number).name[3:]
+    out.write(name + "\n")
+
+
+for number in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(number, note)
+out.write(f"started {os.environ['DDPRUN_RESTART_COUNT']}\n")
+while True:  # until mpirun's SIGKILL (ctest's timeout otherwise)
+    time.sleep(1)
 RANK
-chmod +x "$work/rank.sh"
+chmod +x "$work/rank.py"
 
 wait_for() {  # wait_for FILE PATTERN: until every rank's file has the line
   for _ in $(seq 400); do
@@ -28,7 +41,7 @@ wait_for() {  # wait_for FILE PATTERN: until every rank's file has the line
 for last in TERM INT HUP; do
   dir="$work/$last"
   mkdir -p "$dir"
-  "$bin/ddprun" --np 2 --max-restarts 2 -- "$work/rank.sh" "$dir" > "$dir.out" 2>&1 &
+  "$bin/ddprun" --np 2 --max-restarts 2 -- "$work/rank.py" "$dir" > "$dir.out" 2>&1 &
   pid=$!
   wait_for "$dir" "started 0"
   kill -USR1 "$pid"
