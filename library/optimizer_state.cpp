@@ -2,6 +2,7 @@
 #include "library/optimizer_state.h"
 
 #include <ATen/ops/scalar_tensor.h>
+#include <c10/util/StringUtil.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
@@ -9,6 +10,8 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace ddprun::library {
@@ -29,7 +32,19 @@ Kind kind_of(const torch::optim::Optimizer& optimizer) {
 
 const char* name_of(Kind kind) { return kind == Kind::Sgd ? "SGD" : kind == Kind::Adam ? "Adam" : "AdamW"; }
 
-std::string key_of(const at::Tensor& param) { return c10::guts::to_string(param.unsafeGetTensorImpl()); }
+// torch::optim keys its per-parameter state by the TensorImpl's address: as a string in LibTorch 1.x, as the
+// pointer itself in 2.x. The key type comes from the map, so both build.
+using StateKey = std::decay_t<decltype(std::declval<torch::optim::Optimizer&>().state())>::key_type;
+
+template <typename Key>
+Key state_key(const at::Tensor& param) {
+  if constexpr (std::is_same_v<Key, std::string>)
+    return c10::str(param.unsafeGetTensorImpl());
+  else
+    return param.unsafeGetTensorImpl();
+}
+
+StateKey key_of(const at::Tensor& param) { return state_key<StateKey>(param); }
 
 // Python's hyper-parameters of one group, without "params".
 Value group_dict(Kind kind, const torch::optim::OptimizerOptions& options) {

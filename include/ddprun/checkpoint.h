@@ -41,7 +41,8 @@ void save_checkpoint(const std::string& path, const TrainingState& state, Resume
 // Loads `path` into `state`, each storage onto `map_location` (as torch.load's map_location), strictly: a model
 // whose names or shapes differ, or another optimizer's state, throws std::runtime_error listing what does not fit
 // (the model is left as it was when its state does not fit; the optimizer when its state does not). Returns where
-// to continue (a file from Python: the epoch after its "epoch", step 0).
+// to continue (a file from Python: the epoch after its "epoch", step 0). Adam's and AdamW's states have one layout,
+// in Python as here, so one loads into the other; SGD's and Adam's do not.
 ResumePoint load_checkpoint(const std::string& path, const TrainingState& state,
                             c10::Device map_location = c10::Device(c10::kCPU));
 
