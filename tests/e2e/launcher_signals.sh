@@ -17,9 +17,13 @@ import os, signal, sys, time
 out = open(f"{sys.argv[1]}/rank{os.environ['OMPI_COMM_WORLD_RANK']}", "a", buffering=1)
 
 
+times = open(f"{sys.argv[1]}/times{os.environ['OMPI_COMM_WORLD_RANK']}", "a", buffering=1)
+
+
 def note(number, frame):
     name = signal.Signals(number).name[3:]
     out.write(name + "\n")
+    times.write(f"{name} {time.time():.3f}\n")
 
 
 for number in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -48,9 +52,11 @@ for last in TERM INT HUP; do
   wait_for "$dir" USR1
   kill -USR2 "$pid"
   wait_for "$dir" USR2
+  sent=$(date +%s.%N)
   kill "-$last" "$pid"
   code=0
   wait "$pid" || code=$?
+  ended=$(date +%s.%N)
   # mpirun answers SIGINT and SIGHUP by terminating the ranks: they see SIGTERM (or the signal itself).
   for r in 0 1; do
     tail -n 1 "$dir/rank$r" | grep -qxE "TERM|$last" || fail "SIG$last: rank $r did not get it: $(cat "$dir/rank$r")"
@@ -60,6 +66,8 @@ for last in TERM INT HUP; do
     fail "SIG$last: no final line with the exit code $code: $(cat "$dir.out")"
   ! grep -q "restart" "$dir.out" || fail "SIG$last: ddprun restarted a job it was asked to stop: $(cat "$dir.out")"
   [ "$(grep -c started "$dir/rank0")" -eq 1 ] || fail "SIG$last: the job was started again"
-  echo "SIG$last: every rank got USR1, USR2 and the end; ddprun exited with $code"
+  read -r got at < <(tail -n 1 "$dir/times0")
+  echo "SIG$last: every rank got USR1, USR2 and the end; ddprun exited with $code. Rank 0 got SIG$got" \
+    "$(echo "$at - $sent" | bc) s after ddprun got SIG$last; the job ended $(echo "$ended - $at" | bc) s after that"
 done
 echo "PASSED: USR1, USR2, TERM, INT and HUP reach every rank through ddprun; no restart after a signal"

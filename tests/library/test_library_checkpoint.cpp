@@ -98,7 +98,16 @@ TEST(LibraryCheckpoint, AnotherOptimizersStateIsRefused) {
   const std::string path = temp_path("adam_for_sgd.pth");
   ddprun::save_checkpoint(path, {net.get(), &adam, nullptr}, {1, 0});
   torch::optim::SGD sgd(net->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
-  EXPECT_THROW(ddprun::load_checkpoint(path, {net.get(), &sgd, nullptr}), std::runtime_error);
+  try {
+    ddprun::load_checkpoint(path, {net.get(), &sgd, nullptr});
+    ADD_FAILURE() << "SGD took Adam's state";
+  } catch (const std::runtime_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(path), std::string::npos) << what;
+    EXPECT_NE(what.find("not SGD's"), std::string::npos) << what;
+  }
+  EXPECT_TRUE(sgd.state().empty()) << "a refused load changed the optimizer";
+  EXPECT_EQ(sgd.param_groups()[0].options().get_lr(), 0.1) << "a refused load changed the learning rate";
   std::remove(path.c_str());
 }
 
