@@ -1,11 +1,15 @@
 // AtomicFile: a temporary file next to the target, written, fsynced, renamed over the target, and the folder fsynced.
 #include "checkpoint/atomic_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -61,7 +65,68 @@ void give_back(char* buffer) {
   }
 }
 
+std::string host_name() {
+  char name[HOST_NAME_MAX + 1] = {};
+  if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "host";
+  return name;
+}
+
+// A lock on the whole file, held through this descriptor: one whose writer died is released with it.
+flock whole_file(short type) {
+  flock lock{};
+  lock.l_type = type;
+  lock.l_whence = SEEK_SET;
+  return lock;
+}
+
+// For "<name>.tmp.<host>.<pid>" (or "<name>.tmp.<pid>"): the host ("" in the old form) and pid; false for other names.
+bool parse_temporary_name(const std::string& name, std::string& host, long& pid) {
+  const size_t tmp = name.rfind(".tmp.");
+  if (tmp == std::string::npos || tmp == 0) return false;
+  const std::string rest = name.substr(tmp + 5);
+  const size_t dot = rest.rfind('.');
+  const std::string digits = dot == std::string::npos ? rest : rest.substr(dot + 1);
+  if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) return false;
+  host = dot == std::string::npos ? "" : rest.substr(0, dot);
+  pid = std::stol(digits);
+  return true;
+}
+
+// Whether the temporary file at `path` has no writer any more.
+bool writer_is_gone(const std::string& path, const std::string& host, long pid) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) return false;
+  flock lock = whole_file(F_WRLCK);
+  const int rc = ::fcntl(fd, F_OFD_GETLK, &lock);
+  ::close(fd);
+  if (rc == 0) return lock.l_type == F_UNLCK;  // nobody holds the writer's lock
+  // No locks here: only a process of this host can be checked.
+  return (host.empty() || host == host_name()) && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
 }  // namespace
+
+std::string AtomicFile::temporary_path(const std::string& path) {
+  return path + ".tmp." + host_name() + "." + std::to_string(::getpid());
+}
+
+std::vector<StaleTemporary> remove_stale_temporaries(const std::string& folder) {
+  std::vector<StaleTemporary> removed;
+  DIR* dir = ::opendir(folder.c_str());
+  if (dir == nullptr) return removed;
+  while (const dirent* entry = ::readdir(dir)) {
+    std::string host;
+    long pid = 0;
+    if (!parse_temporary_name(entry->d_name, host, pid)) continue;
+    const std::string path = folder + "/" + entry->d_name;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (!writer_is_gone(path, host, pid) || ::unlink(path.c_str()) != 0) continue;
+    removed.push_back({path, static_cast<uint64_t>(st.st_size)});
+  }
+  ::closedir(dir);
+  return removed;
+}
 
 const char* to_string(WriteStage stage) {
   switch (stage) {
@@ -80,7 +145,7 @@ const char* to_string(WriteStage stage) {
 }
 
 AtomicFile::AtomicFile(std::string path, WriteStageHook hook, size_t expected_bytes)
-    : path_(std::move(path)), temp_(path_ + ".tmp." + std::to_string(::getpid())), hook_(std::move(hook)) {
+    : path_(std::move(path)), temp_(temporary_path(path_)), hook_(std::move(hook)) {
   const int flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW;
   if (expected_bytes >= kDirectMinBytes) {
     fd_ = ::open(temp_.c_str(), flags | O_DIRECT, 0666);
@@ -94,6 +159,10 @@ AtomicFile::AtomicFile(std::string path, WriteStageHook hook, size_t expected_by
   }
   if (fd_ < 0) fd_ = ::open(temp_.c_str(), flags, 0666);  // the file system refused O_DIRECT (tmpfs), or small
   if (fd_ < 0) throw std::runtime_error("cannot create '" + temp_ + "': " + errno_text(errno));
+  // Held until the file is closed: remove_stale_temporaries leaves a locked file alone (a file system without locks
+  // refuses this; the host and pid in the name stand in for it then).
+  flock lock = whole_file(F_WRLCK);
+  (void)::fcntl(fd_, F_OFD_SETLK, &lock);
   stage(WriteStage::Created);
 }
 

@@ -3,8 +3,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace ddprun::checkpoint {
 
@@ -22,7 +24,8 @@ using WriteStageHook = std::function<void(WriteStage)>;
 // the file system refuses O_DIRECT, writes are buffered.
 class AtomicFile {
  public:
-  // Creates "<path>.tmp.<pid>"; throws std::runtime_error naming it and the errno text if it cannot.
+  // Creates temporary_path(path), holding a lock on it while it is written (see remove_stale_temporaries); throws
+  // std::runtime_error naming it and the errno text if it cannot.
   // `expected_bytes`: about how large the file will be; from kDirectMinBytes on it is written with direct I/O.
   explicit AtomicFile(std::string path, WriteStageHook hook = nullptr, size_t expected_bytes = 0);
   ~AtomicFile();  // removes the temporary file unless commit() succeeded
@@ -37,6 +40,8 @@ class AtomicFile {
   void commit();
 
   const std::string& path() const { return path_; }
+  // "<path>.tmp.<host>.<pid>": whose it is, in a folder that several nodes share.
+  static std::string temporary_path(const std::string& path);
   bool direct() const { return buffer_ != nullptr; }
 
   static constexpr size_t kDirectMinBytes = size_t{64} << 20;
@@ -55,5 +60,18 @@ class AtomicFile {
   size_t buffered_ = 0;     // bytes in buffer_
   size_t written_ = 0;      // bytes of the file written to fd_
 };
+
+// A temporary file whose writer is gone (killed mid-write: kill -9, a single SIGTERM, a node crash), as
+// remove_stale_temporaries found and removed it.
+struct StaleTemporary {
+  std::string path;
+  uint64_t bytes = 0;
+};
+
+// Removes the temporary files of AtomicFile's naming in `folder` ("<name>.tmp.<host>.<pid>", and "<name>.tmp.<pid>"
+// of earlier versions) whose writer is gone: no process holds the lock a writer keeps on its file (OFD locks, which
+// NFS and Lustre pass on); where the file system has no locks, those of this host whose process has exited.
+// A file being written stays. Returns what it removed; a file it cannot remove is left, silently.
+std::vector<StaleTemporary> remove_stale_temporaries(const std::string& folder);
 
 }  // namespace ddprun::checkpoint

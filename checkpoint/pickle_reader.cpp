@@ -5,6 +5,7 @@
 #include "checkpoint/pickle_reader.h"
 
 #include "checkpoint/pickle_common.h"
+#include "checkpoint/quoted_text.h"
 
 #include <ATen/ops/empty.h>
 
@@ -108,21 +109,6 @@ std::string hex_byte(uint8_t b) {
   return std::string("0x") + kDigits[b >> 4] + kDigits[b & 15];
 }
 
-// File content quoted in a message: printable ASCII kept, the rest escaped, at most 100 bytes.
-std::string printable(std::string_view s) {
-  std::string r;
-  for (size_t i = 0; i < s.size() && i < 100; ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c < 0x7f && c != '\\') {
-      r += static_cast<char>(c);
-    } else {
-      r += "\\x" + hex_byte(c).substr(2);
-    }
-  }
-  if (s.size() > 100) r += "...";
-  return r;
-}
-
 struct Global {
   enum class Kind { OrderedDict, RebuildTensorV2, RebuildParameter, RebuildParameterWithState, Storage, Device };
   Kind kind;
@@ -150,10 +136,23 @@ const void* container_id(const Value& v) {
   return nullptr;
 }
 
+// What the budget charges (estimates of the allocator's bytes, measured against the process's peak memory on
+// hostile pickles: see test_checkpoint's PickleMemoryBudget).
+constexpr size_t kContainerBytes = 320;                                   // a list, tuple or dict, with its bookkeeping
+constexpr size_t kElementBytes = 2 * sizeof(Value);                       // a list or tuple element (vectors grow by 2)
+constexpr size_t kEntryBytes = 2 * sizeof(std::pair<Value, Value>) + 64;  // a dict entry and its index
+constexpr size_t kMemoEntryBytes = sizeof(Item) + 64;                     // a memo slot
+
 class Reader {
  public:
   Reader(const void* data, size_t size, const StorageLoader& loader)
-      : begin_(static_cast<const uint8_t*>(data)), p_(begin_), end_(begin_ + size), loader_(loader) {}
+      : begin_(static_cast<const uint8_t*>(data)),
+        p_(begin_),
+        end_(begin_ + size),
+        loader_(loader),
+        budget_(size > (SIZE_MAX - kPickleBudgetBaseBytes) / kPickleBudgetPerByte
+                    ? SIZE_MAX
+                    : kPickleBudgetBaseBytes + kPickleBudgetPerByte * size) {}
 
   // Empties every container that is not part of the result, so that freeing them never recurses (a malicious file
   // may build a chain a million levels deep, or a cycle, and then not return it).
@@ -252,37 +251,39 @@ class Reader {
           set_item(top_mapping(), to_value(std::move(key)), to_value(std::move(value)));
           break;
         }
-        case 'u': {  // SETITEMS
-          std::vector<Item> items = pop_mark();
-          if (items.size() % 2 != 0) fail_at("SETITEMS with an odd number of items");
-          Value map = top_mapping();
-          for (size_t i = 0; i < items.size(); i += 2) {
-            set_item(map, to_value(std::move(items[i])), to_value(std::move(items[i + 1])));
+        case 'u': {  // SETITEMS: the items above the mark go into the dict below it, straight from the stack
+          const size_t mark = take_mark();
+          if ((stack_.size() - mark) % 2 != 0) fail_at("SETITEMS with an odd number of items");
+          Value map = mapping_at(mark);
+          for (size_t i = mark; i < stack_.size(); i += 2) {
+            set_item(map, to_value(std::move(stack_[i])), to_value(std::move(stack_[i + 1])));
           }
+          stack_.resize(mark);
           break;
         }
         case 'a': {  // APPEND
           Item value = pop();
+          charge(kElementBytes);
           top_list().append(to_value(std::move(value)));
           break;
         }
-        case 'e': {  // APPENDS
-          std::vector<Item> items = pop_mark();
-          Value list = top_list();
-          for (Item& item : items) list.append(to_value(std::move(item)));
+        case 'e': {  // APPENDS: the items above the mark go into the list below it, straight from the stack
+          const size_t mark = take_mark();
+          Value list = list_at(mark);
+          charge((stack_.size() - mark) * kElementBytes);
+          for (size_t i = mark; i < stack_.size(); ++i) list.append(to_value(std::move(stack_[i])));
+          stack_.resize(mark);
           break;
         }
         case 'q':  // BINPUT
-          memo_[read_u8()] = top();
+          memo_put(read_u8());
           break;
         case 'r':  // LONG_BINPUT
-          memo_[read_u32()] = top();
+          memo_put(read_u32());
           break;
-        case 0x94: {  // MEMOIZE
-          const auto index = static_cast<uint32_t>(memo_.size());
-          memo_[index] = top();
+        case 0x94:  // MEMOIZE
+          memo_put(static_cast<uint32_t>(memo_.size()));
           break;
-        }
         case 'h':  // BINGET
           push(memo_get(read_u8()));
           break;
@@ -373,6 +374,7 @@ class Reader {
   }
   std::string read_string(uint64_t n) {
     const uint8_t* b = read_bytes(n);
+    charge(static_cast<size_t>(n) + sizeof(std::string));
     return std::string(reinterpret_cast<const char*>(b), static_cast<size_t>(n));
   }
   double read_binfloat() {
@@ -415,7 +417,27 @@ class Reader {
     return line;
   }
 
-  void push(Item item) { stack_.push_back(std::move(item)); }
+  void push(Item item) {
+    // A full stack grows into a buffer twice its size while the old one still exists: check before it does.
+    if (stack_.size() == stack_.capacity()) check_budget(2 * std::max<size_t>(stack_.capacity(), 1) * sizeof(Item));
+    stack_.push_back(std::move(item));
+  }
+
+  // Memory the objects built so far keep (the stack is counted as it stands, in check_budget).
+  void charge(size_t bytes) {
+    kept_ += bytes;
+    check_budget(0);
+  }
+  // Fails when what is kept, the stack and `transient` more bytes exceed the budget.
+  void check_budget(size_t transient) const {
+    const size_t in_use = kept_ + stack_.capacity() * sizeof(Item) + memo_.size() * kMemoEntryBytes + transient;
+    if (in_use <= budget_) return;
+    const size_t size = static_cast<size_t>(end_ - begin_);
+    fail_at("unpickling needs more than " + std::to_string(budget_ >> 20) + " MiB, the budget for a pickle of " +
+            std::to_string(size) + " bytes (" + std::to_string(kPickleBudgetBaseBytes >> 20) + " MiB plus " +
+            std::to_string(kPickleBudgetPerByte) +
+            " bytes per byte); a checkpoint holds far fewer objects than this file builds");
+  }
   size_t floor() const { return marks_.empty() ? 0 : marks_.back(); }
   Item pop() {
     if (stack_.size() <= floor()) fail_at("the pickle stack is empty");
@@ -427,14 +449,27 @@ class Reader {
     if (stack_.size() <= floor()) fail_at("the pickle stack is empty");
     return stack_.back();
   }
+  // Pops the last MARK; returns where the items above it start on the stack.
+  size_t take_mark() {
+    if (marks_.empty()) fail_at("no MARK to pop to");
+    const size_t mark = marks_.back();
+    marks_.pop_back();
+    return mark;
+  }
   std::vector<Item> pop_mark() {
     if (marks_.empty()) fail_at("no MARK to pop to");
     const size_t mark = marks_.back();
+    // The items move to a vector of their own, and (for a tuple) their values to another.
+    check_budget((stack_.size() - mark) * (sizeof(Item) + sizeof(Value)));
     marks_.pop_back();
     std::vector<Item> items(std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(mark)),
                             std::make_move_iterator(stack_.end()));
     stack_.resize(mark);
     return items;
+  }
+  void memo_put(uint32_t index) {
+    memo_[index] = top();
+    check_budget(0);  // the memo is counted there, slot by slot
   }
   Item memo_get(uint32_t index) {
     auto it = memo_.find(index);
@@ -458,6 +493,9 @@ class Reader {
   }
 
   Value track(Value container) {
+    // The container, its shared_ptr's control block, its entry here, and its entries in the indexes and in the
+    // height check's maps.
+    charge(kContainerBytes);
     containers_.push_back(container);
     return container;
   }
@@ -486,6 +524,7 @@ class Reader {
     });
     if (!raw) {
       std::vector<Value> values;
+      charge(items.size() * kElementBytes);
       values.reserve(items.size());
       for (Item& item : items) values.push_back(to_value(std::move(item)));
       return Item(track(Value::tuple(std::move(values))));
@@ -508,23 +547,31 @@ class Reader {
     fail_at(std::string(what) + " must be a tuple, not a " + describe(item));
   }
 
-  Value top_mapping() {
-    const Item& t = top();
+  // The item just below stack position `end` (the top of the stack for end == stack_.size()), within the current mark.
+  const Item& below(size_t end) {
+    if (end == 0 || end <= floor()) fail_at("the pickle stack is empty");
+    return stack_[end - 1];
+  }
+  Value mapping_at(size_t end) {
+    const Item& t = below(end);
     if (t.kind != Item::Kind::Value || !t.value.is_mapping()) {
       fail_at("setting an item of a " + describe(t) + " is not allowed (weights_only)");
     }
     return t.value;
   }
-  Value top_list() {
-    const Item& t = top();
+  Value list_at(size_t end) {
+    const Item& t = below(end);
     if (t.kind != Item::Kind::Value || t.value.kind() != Value::Kind::List) {
       fail_at("appending to a " + describe(t) + " is not allowed (weights_only)");
     }
     return t.value;
   }
+  Value top_mapping() { return mapping_at(stack_.size()); }
+  Value top_list() { return list_at(stack_.size()); }
 
   // d[key] = value, replacing an equal str or int key as Python's dict would.
   void set_item(Value map, Value key, Value value) {
+    charge(kEntryBytes);
     Items& entries = map.entries();
     DictIndex& index = dict_index_[&entries];
     if (key.is_string()) {
@@ -564,7 +611,7 @@ class Reader {
     } else if (module == "torch" && name == "device") {
       global->kind = Global::Kind::Device;
     } else {
-      fail("pickle global '" + printable(global->name) + "' is not allowed (weights_only)");
+      fail("pickle global '" + quoted_text(global->name) + "' is not allowed (weights_only)");
     }
     Item item;
     item.kind = Item::Kind::Global;
@@ -700,14 +747,14 @@ class Reader {
     item.kind = Item::Kind::Storage;
     if (auto it = storages_.find(key); it != storages_.end()) {
       if (it->second.scalar_type() != dtype || it->second.numel() != numel) {
-        fail_at("storage '" + printable(key) + "' is used with two different types or sizes");
+        fail_at("storage '" + quoted_text(key) + "' is used with two different types or sizes");
       }
       item.storage = it->second;
       return item;
     }
     at::Tensor t = loader_(key, e[3].value.to_string(), dtype, numel);
     if (!t.defined() || t.dim() != 1 || t.scalar_type() != dtype || t.numel() != numel) {
-      fail_at("storage '" + printable(key) + "' was not loaded as " + std::to_string(numel) + " elements of " +
+      fail_at("storage '" + quoted_text(key) + "' was not loaded as " + std::to_string(numel) + " elements of " +
               c10::toString(dtype));
     }
     storages_.emplace(key, t);
@@ -748,6 +795,8 @@ class Reader {
   const uint8_t* p_;
   const uint8_t* end_;
   const StorageLoader& loader_;
+  const size_t budget_;  // bytes this unpickling may use (kPickleBudget*)
+  size_t kept_ = 0;      // bytes charged for the objects built
   size_t op_pos_ = 0;
   uint8_t op_ = 0;
   std::vector<Item> stack_;

@@ -21,11 +21,19 @@ namespace ddprun::checkpoint {
 using StorageLoader = std::function<at::Tensor(const std::string& key, const std::string& location,
                                                c10::ScalarType dtype, int64_t numel)>;
 
+// The memory one unpickling may build (lists, dicts, strings, the pickle stack and memo; storages not counted: they
+// are the file's own pages): kPickleBudgetBaseBytes plus kPickleBudgetPerByte for every byte of the pickle. A state
+// dict needs a small fraction of it; a pickle built to exhaust memory (5 M empty lists in 5 MB took 2.3 GB) is refused
+// at the budget, with a message saying so.
+constexpr size_t kPickleBudgetBaseBytes = size_t{64} << 20;
+constexpr size_t kPickleBudgetPerByte = 64;
+
 // Unpickles `size` bytes at `data`. Accepted globals: collections.OrderedDict, torch._utils._rebuild_tensor_v2,
 // torch._utils._rebuild_parameter(_with_state) (both yield the tensor), torch.<X>Storage for the checkpoint dtypes,
 // torch.UntypedStorage (as uint8), torch.device (yields its string, e.g. "cuda:0"). A bare storage yields a 1-D
 // tensor over it; BUILD on an OrderedDict (the _metadata of a state dict) is accepted and dropped; loaded tensors
-// never require grad. Throws std::runtime_error on anything refused, truncated or malformed, with the byte offset.
+// never require grad. Throws std::runtime_error on anything refused, truncated, malformed or over the memory budget,
+// with the byte offset.
 Value read_pickle(const void* data, size_t size, const StorageLoader& load_storage);
 
 }  // namespace ddprun::checkpoint

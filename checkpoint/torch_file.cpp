@@ -1,6 +1,6 @@
 // The zip container of torch.save files: save() pickles a Value and writes data.pkl plus one record per storage
-// through PyTorchStreamWriter into atomic files (atomic_file.h); load() maps the file, checks it with
-// PyTorchStreamReader and every record's CRC-32, and unpickles data.pkl, each storage pointing at its record.
+// through PyTorchStreamWriter into atomic files (atomic_file.h); load() reads and checks the zip directory with pread,
+// then maps the file, checks every record's CRC-32, and unpickles data.pkl, each storage pointing at its record.
 #include "checkpoint/torch_file.h"
 
 #include "checkpoint/pickle_reader.h"
@@ -30,7 +30,6 @@
 namespace ddprun::checkpoint {
 namespace {
 
-using caffe2::serialize::PyTorchStreamReader;
 using caffe2::serialize::PyTorchStreamWriter;
 
 std::string errno_text(int err) { return std::strerror(err); }
@@ -58,7 +57,28 @@ bool read_whole(int fd, char* buffer, size_t size) {
   return true;
 }
 
-// Reads from a buffer the caller keeps alive, for PyTorchStreamReader.
+// Reads a file with pread, for the zip directory's checks before anything is mapped.
+class FileSource final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  FileSource(int fd, size_t size) : fd_(fd), size_(size) {}
+  size_t size() const override { return size_; }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* /*what*/) const override {
+    size_t done = 0;
+    while (done < n) {
+      const ssize_t r = ::pread(fd_, static_cast<char*>(buf) + done, n - done, static_cast<off_t>(pos + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;
+      done += static_cast<size_t>(r);
+    }
+    return done;
+  }
+
+ private:
+  int fd_;
+  size_t size_;
+};
+
+// Reads from a buffer the caller keeps alive.
 class MemorySource final : public caffe2::serialize::ReadAdapterInterface {
  public:
   MemorySource(const void* data, size_t size) : data_(static_cast<const char*>(data)), size_(size) {}
@@ -97,10 +117,7 @@ std::pair<const char*, size_t> record_bytes(const char* file, const std::unorder
                                             const std::string& name) {
   const auto found = records.find(name);
   if (found == records.end()) throw std::runtime_error("record '" + name + "' is missing");
-  const ZipRecord& record = found->second;
-  if (record.method != 0)
-    throw std::runtime_error("record '" + name + "' is compressed (method " + std::to_string(record.method) +
-                             "); torch.save stores records uncompressed");
+  const ZipRecord& record = found->second;  // stored, within the file (read_torch_archive checked)
   const char* data = file + record.data_offset;
   const uint32_t actual = crc32_of(data, record.size);
   if (actual != record.crc32) {
@@ -119,24 +136,26 @@ c10::DataPtr borrowed_data(const char* data, const std::shared_ptr<void>& owner)
       c10::Device(c10::kCPU));
 }
 
-// Unpickles data.pkl of the zip in [file, file + size), building each storage from its record: pointing into the
-// file's memory when `owner` keeps that memory alive (a private mapping: writes to the tensors stay in the process),
-// else copied.
-Value load_zip(const char* file, size_t size, const std::shared_ptr<void>& owner, const std::string& name,
-               const MapLocation& map_location) {
+// The zip directory of a torch.save file, checked (zip_directory.h), or a CheckpointError naming `name`.
+TorchArchive read_archive(const caffe2::serialize::ReadAdapterInterface& source, const std::string& name) {
   const std::string prefix = "cannot read checkpoint '" + name + "': ";
-  if (size < 4 || std::memcmp(file, "PK\x03\x04", 4) != 0) {
+  char magic[4] = {};
+  if (source.size() < 4 || source.read(0, magic, 4, "magic") != 4 || std::memcmp(magic, "PK\x03\x04", 4) != 0)
     throw CheckpointError("'" + name + "' is not a PyTorch checkpoint (not a zip file written by torch.save)");
-  }
-  const auto source = std::make_shared<MemorySource>(file, size);
-  std::unordered_map<std::string, ZipRecord> records;
   try {
-    PyTorchStreamReader zip(source);  // the container's own checks (archive layout, version record)
-    records = read_zip_directory(*source);
+    return read_torch_archive(source);
   } catch (const std::exception& e) {
     throw CheckpointError(prefix + "the file is truncated or corrupt (" + message_of(e) + ")");
   }
+}
 
+// Unpickles data.pkl of the zip in [file, file + size), whose directory is `archive`, building each storage from its
+// record: pointing into the file's memory when `owner` keeps that memory alive (a private mapping: writes to the
+// tensors stay in the process), else copied.
+Value load_zip(const char* file, size_t size, const TorchArchive& archive, const std::shared_ptr<void>& owner,
+               const std::string& name, const MapLocation& map_location) {
+  const std::string prefix = "cannot read checkpoint '" + name + "': ";
+  const std::unordered_map<std::string, ZipRecord>& records = archive.records;
   try {
     if (records.count("data.pkl") == 0)
       throw std::runtime_error("it has no data.pkl record (not written by torch.save)");
@@ -258,21 +277,38 @@ void save_as(const Value& object, const std::vector<std::string>& paths, const W
 
 Value load(const std::string& path, const MapLocation& map_location) {
   const std::string prefix = "cannot read checkpoint '" + path + "': ";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw CheckpointError(prefix + errno_text(errno));
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
-    const int err = S_ISDIR(st.st_mode) ? EISDIR : errno;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    const int err = errno;
+    const bool folder = S_ISDIR(st.st_mode), other = !S_ISREG(st.st_mode);
     ::close(fd);
-    throw CheckpointError(prefix + errno_text(err));
+    throw CheckpointError(prefix + (folder  ? errno_text(EISDIR)
+                                    : other ? std::string("not a regular file (a device, pipe or socket)")
+                                            : errno_text(err)));
   }
   const size_t size = static_cast<size_t>(st.st_size);
-  // The whole file mapped privately and read in at once (MAP_POPULATE): the kernel reads it into the page cache and
-  // the tensors use those pages; none of the bytes is copied into fresh memory. Where a file cannot be mapped, it is
-  // read into one buffer that the tensors point into instead.
+  // The zip directory first, read with pread: a file that is not a checkpoint (a 2 GiB image, a sparse file, a zip
+  // bomb) is refused having cost only its directory.
+  TorchArchive archive;
+  try {
+    archive = read_archive(FileSource(fd, size), path);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  // Then the file mapped privately: read-only with MAP_POPULATE, so the kernel reads it into the page cache and maps
+  // those pages (no copy: a writable private mapping would populate by copying every page into fresh memory), then
+  // made writable, so that a tensor written later gets a private copy of the pages it writes, and only those.
+  // Where a file cannot be mapped, it is read into one buffer that the tensors point into instead.
   std::shared_ptr<void> owner;
   if (size > 0) {
-    void* mapped = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    if (mapped != MAP_FAILED && ::mprotect(mapped, size, PROT_READ | PROT_WRITE) != 0) {
+      ::munmap(mapped, size);
+      mapped = MAP_FAILED;
+    }
     if (mapped != MAP_FAILED) {
       owner = std::shared_ptr<void>(mapped, [size](void* p) { ::munmap(p, size); });
     } else {
@@ -286,11 +322,12 @@ Value load(const std::string& path, const MapLocation& map_location) {
     }
   }
   ::close(fd);
-  return load_zip(static_cast<const char*>(owner.get()), size, owner, path, map_location);
+  return load_zip(static_cast<const char*>(owner.get()), size, archive, owner, path, map_location);
 }
 
 Value load_from_memory(const void* data, size_t size, const std::string& name, const MapLocation& map_location) {
-  return load_zip(static_cast<const char*>(data), size, nullptr, name, map_location);
+  const TorchArchive archive = read_archive(MemorySource(data, size), name);
+  return load_zip(static_cast<const char*>(data), size, archive, nullptr, name, map_location);
 }
 
 }  // namespace ddprun::checkpoint

@@ -51,9 +51,12 @@ void save(const Value& object, const std::string& path, const WriteStageHook& ho
 void save_as(const Value& object, const std::vector<std::string>& paths, const WriteStageHook& hook = nullptr);
 
 // Reads a file written by save() or by Python's torch.save, refusing any pickle global or opcode that
-// weights_only=True would refuse and any record whose CRC-32 does not match. The file is mapped privately and read in
-// at once; CPU storages point into that mapping (written pages become the process's own; the file never changes), so
-// the bytes are read once and never copied. Storages go to the device `map_location` gives for where each was saved.
+// weights_only=True would refuse, any record whose CRC-32 does not match, and any zip that torch.load would read
+// differently (zip_directory.h). The zip directory is read and checked first, then the file is mapped privately: the
+// kernel reads it into the page cache, CPU storages point at their records there, and a tensor written later gets
+// private copies of the pages it writes (the file never changes); no byte is copied into fresh memory by the load
+// itself. data.pkl may take at most the memory budget of pickle_reader.h. Storages go to the device `map_location`
+// gives for where each was saved. Throws CheckpointError naming the path.
 Value load(const std::string& path, const MapLocation& map_location = MapLocation());
 
 // The same from the bytes of a whole file in memory (one rank read it and broadcast it); storages are copied out of

@@ -2,6 +2,8 @@
 // std::runtime_error("expected <type>, got <type>") on a mismatch; lists and dicts are shared by reference.
 #include "checkpoint/value.h"
 
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -129,6 +131,27 @@ double Value::to_double() const {
   if (kind() == Kind::Float) return std::get<double>(v_);
   if (kind() == Kind::Int) return static_cast<double>(std::get<int64_t>(v_));
   type_error("float", *this);
+}
+
+int64_t Value::to_int_in(int64_t lowest, int64_t highest, const std::string& what) const {
+  if (kind() != Kind::Int) throw std::runtime_error(what + " is a " + kind_name() + ", not an int");
+  const int64_t v = std::get<int64_t>(v_);
+  if (v < lowest || v > highest)
+    throw std::runtime_error(what + " is " + std::to_string(v) + "; it can be from " + std::to_string(lowest) + " to " +
+                             std::to_string(highest));
+  return v;
+}
+
+double Value::to_double_in(double lowest, double highest, const std::string& what) const {
+  if (kind() != Kind::Float && kind() != Kind::Int)
+    throw std::runtime_error(what + " is a " + kind_name() + ", not a number");
+  const double v = to_double();
+  if (!std::isfinite(v) || v < lowest || v > highest) {
+    char text[96];
+    std::snprintf(text, sizeof text, " is %.17g; it can be from %.17g to %.17g", v, lowest, highest);
+    throw std::runtime_error(what + text);
+  }
+  return v;
 }
 
 const std::string& Value::to_string() const {

@@ -57,6 +57,11 @@ class Value {
   bool is_mapping() const { return kind() == Kind::Dict || kind() == Kind::OrderedDict; }
 
   // Accessors throw std::runtime_error naming the expected and the actual type when the kind differs.
+  // A number read from a file is read with the range it can have (what it means): an int in [lowest, highest], a
+  // finite float in [lowest, highest] (an int is accepted, as Python would). std::runtime_error otherwise:
+  // "<what> is 4294967296; it can be from 0 to 2147483647".
+  int64_t to_int_in(int64_t lowest, int64_t highest, const std::string& what) const;
+  double to_double_in(double lowest, double highest, const std::string& what) const;
   bool to_bool() const;
   int64_t to_int() const;
   double to_double() const;  // an int is accepted too, as Python would

@@ -1,11 +1,15 @@
-// Reading a zip's central directory: the end-of-central-directory record (or its zip64 form), one central file
-// header per record (with its zip64 extra field when sizes or offsets overflow 32 bits), and each record's local
-// header for where its bytes start.
+// Reading and checking a torch.save zip's central directory: the end-of-central-directory record (or its zip64 form),
+// one central file header per record (with its zip64 extra field when sizes or offsets overflow 32 bits), each
+// record's local header for where its bytes start, and the version record.
 #include "checkpoint/zip_directory.h"
 
+#include "checkpoint/quoted_text.h"
+
+#include <caffe2/serialize/versions.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
@@ -30,7 +34,7 @@ constexpr uint64_t kMax32 = 0xffffffff;
 
 }  // namespace
 
-std::unordered_map<std::string, ZipRecord> read_zip_directory(const caffe2::serialize::ReadAdapterInterface& zip) {
+TorchArchive read_torch_archive(const caffe2::serialize::ReadAdapterInterface& zip) {
   // The end-of-central-directory record: 22 bytes plus a comment of up to 65535 at the end of the file.
   const size_t tail = static_cast<size_t>(std::min<uint64_t>(zip.size(), 22 + 65535));
   const std::vector<char> end = read_at(zip, zip.size() - tail, tail);
@@ -53,7 +57,12 @@ std::unordered_map<std::string, ZipRecord> read_zip_directory(const caffe2::seri
     entries = le(&eocd64[32], 8);
     offset = le(&eocd64[48], 8);
   }
-  std::unordered_map<std::string, ZipRecord> records;
+  // Each entry takes at least 46 bytes of directory: more than the file can hold is a lie, not a reason to allocate.
+  if (entries > kMaxZipEntries || entries > zip.size() / 46)
+    throw std::runtime_error("the zip directory claims " + std::to_string(entries) + " entries, more than a " +
+                             "checkpoint holds (at most " + std::to_string(kMaxZipEntries) + ")");
+  if (entries == 0) throw std::runtime_error("the zip holds no records");
+  TorchArchive archive;
   uint64_t pos = offset;
   for (uint64_t i = 0; i < entries; ++i) {
     const std::vector<char> header = read_at(zip, pos, 46);
@@ -82,20 +91,56 @@ std::unordered_map<std::string, ZipRecord> read_zip_directory(const caffe2::seri
       }
       e += 4 + size;
     }
+    const std::string full(name.begin(), name.end());
+    const std::string shown = quoted_text(full);
+    const size_t slash = full.find('/');
+    if (slash == std::string::npos || slash == 0)
+      throw std::runtime_error("record '" + shown + "' is not in a top folder, as torch.save writes every record");
+    const std::string folder = full.substr(0, slash);
+    if (i == 0) archive.folder = folder;
+    if (folder != archive.folder)
+      throw std::runtime_error("record '" + shown + "' lies outside the top folder '" + quoted_text(archive.folder) +
+                               "' of the others; torch.load refuses such a file, and so does ddprun");
+    if (record.method != 0)
+      throw std::runtime_error("record '" + shown + "' is compressed (method " + std::to_string(record.method) +
+                               "); torch.save stores records uncompressed");
+    if (compressed != uncompressed)
+      throw std::runtime_error("record '" + shown + "' is stored with two different sizes");
     const std::vector<char> local_header = read_at(zip, local, 30);
     if (std::memcmp(local_header.data(), "PK\x03\x04", 4) != 0)
       throw std::runtime_error("the local header of zip entry " + std::to_string(i) + " is corrupt");
     record.data_offset = local + 30 + le(&local_header[26], 2) + le(&local_header[28], 2);
-    record.size = record.method == 0 ? uncompressed : compressed;
+    record.size = uncompressed;
     if (record.data_offset > zip.size() || record.size > zip.size() - record.data_offset)
       throw std::runtime_error("zip entry " + std::to_string(i) + " ends past the end of the file");
-    std::string key(name.begin(), name.end());
-    const size_t slash = key.find('/');  // the archive's top folder
-    if (slash != std::string::npos) key.erase(0, slash + 1);
-    records[key] = record;
+    if (!archive.records.emplace(full.substr(slash + 1), record).second)
+      throw std::runtime_error("the zip lists record '" + shown + "' twice; which one a reader takes is not defined");
     pos += 46 + name_length + extra_length + comment;
   }
-  return records;
+
+  // The format version, as PyTorchStreamReader reads it (".data/version" first), checked without inflating anything.
+  auto found = archive.records.find(".data/version");
+  if (found == archive.records.end()) found = archive.records.find("version");
+  if (found == archive.records.end()) throw std::runtime_error("it has no version record (not written by torch.save)");
+  const ZipRecord& version = found->second;
+  constexpr uint64_t kMaxVersionBytes = 32;
+  if (version.size == 0 || version.size > kMaxVersionBytes)
+    throw std::runtime_error("its version record holds " + std::to_string(version.size) +
+                             " bytes; torch.save writes a number of a few digits");
+  const std::vector<char> digits = read_at(zip, version.data_offset, static_cast<size_t>(version.size));
+  if (crc32_of(digits.data(), digits.size()) != version.crc32)
+    throw std::runtime_error("its version record is corrupt");
+  std::string text(digits.begin(), digits.end());
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos)
+    throw std::runtime_error("its version record '" + quoted_text(text) + "' is not a number");
+  archive.version = std::stoull(text);
+  if (archive.version < caffe2::serialize::kMinSupportedFileFormatVersion ||
+      archive.version > caffe2::serialize::kMaxSupportedFileFormatVersion)
+    throw std::runtime_error("its format version " + text + " is not one LibTorch reads (" +
+                             std::to_string(caffe2::serialize::kMinSupportedFileFormatVersion) + " to " +
+                             std::to_string(caffe2::serialize::kMaxSupportedFileFormatVersion) + ")");
+  return archive;
 }
 
 uint32_t crc32_of(const void* data, size_t size) {

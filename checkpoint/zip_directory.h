@@ -1,6 +1,8 @@
-// The records of a zip file as its central directory lists them (zip64 included): where each one's bytes start, how
-// many there are, how they are stored, and their CRC-32. load() uses it to check every record (LibTorch 1.13's
-// PyTorchStreamReader checks none) and to point tensors at their bytes in a mapped file.
+// The records of a torch.save file as its zip central directory lists them (zip64 included): where each one's bytes
+// start, how many there are, how they are stored, and their CRC-32. load() reads and checks this directory before it
+// reads any record (a hostile file costs only its directory), uses it to check every record's CRC-32 (LibTorch
+// 1.13's PyTorchStreamReader checks none) and to point tensors at their bytes in a mapped file. It reads no file
+// differently from Python's torch.load: one top folder, no name twice, nothing compressed.
 #pragma once
 
 #include <caffe2/serialize/read_adapter_interface.h>
@@ -19,9 +21,20 @@ struct ZipRecord {
   uint32_t crc32 = 0;
 };
 
-// Record name (without the archive's top folder, as PyTorchStreamReader names them: "data.pkl", "data/0") -> record.
-// Throws std::runtime_error when the directory or a local header cannot be read or points outside the file.
-std::unordered_map<std::string, ZipRecord> read_zip_directory(const caffe2::serialize::ReadAdapterInterface& zip);
+struct TorchArchive {
+  std::string folder;    // the top folder every record sits in ("archive", or the name torch.save gave it)
+  uint64_t version = 0;  // the format version in its version record
+  // Record name without the top folder, as PyTorchStreamReader names them ("data.pkl", "data/0") -> record.
+  std::unordered_map<std::string, ZipRecord> records;
+};
+
+// The zip directory of a torch.save file, checked: every entry within the file, in one top folder, none listed twice,
+// none compressed (torch.save stores; a compressed record could inflate to any size), at most kMaxZipEntries; a
+// version record ("version" or ".data/version") of a few digits, with its CRC-32, that LibTorch supports.
+// Throws std::runtime_error saying what is wrong.
+TorchArchive read_torch_archive(const caffe2::serialize::ReadAdapterInterface& zip);
+
+constexpr uint64_t kMaxZipEntries = uint64_t{1} << 20;
 
 // The CRC-32 (zip's, zlib's) of `size` bytes.
 uint32_t crc32_of(const void* data, size_t size);

@@ -23,15 +23,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -594,13 +597,19 @@ TEST(PickleReaderTest, RefusesCyclesAndDeepNestingWithoutCrashing) {
                     "a."));
             }),
             "the pickle holds a list, tuple or dict that contains itself");
-  const int n = 1000000;  // a million levels: nothing may recurse on them
+  const int n = 100000;  // a hundred thousand levels: nothing may recurse on them
   EXPECT_EQ(runtime_error([&] { unpickle("\x80\x02" + std::string(n, ']') + std::string(n - 1, 'a') + "."); }),
             "the pickle nests lists, tuples or dicts deeper than 1000 levels");
   EXPECT_EQ(runtime_error([&] { unpickle("\x80\x02N" + std::string(n, '\x85') + "."); }),
             "the pickle nests lists, tuples or dicts deeper than 1000 levels");
   // Deep garbage that is not returned is freed without recursion too.
   EXPECT_TRUE(unpickle("\x80\x02" + std::string(n, ']') + std::string(n - 1, 'a') + "N.").is_none());
+  // A million levels in 2 MB of pickle are more objects than the memory budget allows: refused before the end.
+  const int million = 1000000;
+  EXPECT_NE(runtime_error([&] {
+              unpickle("\x80\x02" + std::string(million, ']') + std::string(million - 1, 'a') + ".");
+            }).find("unpickling needs more than 186 MiB"),
+            std::string::npos);
   // A cycle that is not returned is broken, and 1000 levels are fine.
   EXPECT_TRUE(unpickle(B("\x80\x02]q\x00h\x00"
                          "aN."))
@@ -686,6 +695,179 @@ TEST_F(CheckpointTest, TruncatedFile) {
   }
 }
 
+// What a load in a child process cost and said: the peak of its resident memory above what it had at the start
+// (VmHWM - VmRSS, MiB), its growth in anonymous memory (RssAnon, MiB), and the CheckpointError's message ("" if none).
+struct MeasuredLoad {
+  double peak_mib = -1;
+  double anon_mib = -1;
+  std::string error;
+};
+
+double status_mib(const char* field) {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind(field, 0) == 0) return std::stod(line.substr(std::strlen(field) + 1)) / 1024.0;
+  }
+  return -1;
+}
+
+MeasuredLoad measure_load(const std::string& file) {
+  int channel[2];
+  if (::pipe(channel) != 0) return {};
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(channel[0]);
+    const double rss = status_mib("VmRSS:"), anon = status_mib("RssAnon:");
+    std::string error;
+    double anon_after = anon;
+    try {
+      const Value v = load(file);
+      anon_after = status_mib("RssAnon:");  // while the loaded tensors are alive
+    } catch (const CheckpointError& e) {
+      error = e.what();
+    }
+    const std::string report =
+        std::to_string(status_mib("VmHWM:") - rss) + "\n" + std::to_string(anon_after - anon) + "\n" + error;
+    ssize_t ignored = ::write(channel[1], report.data(), report.size());
+    (void)ignored;
+    ::_exit(0);
+  }
+  ::close(channel[1]);
+  std::string report;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(channel[0], buffer, sizeof buffer)) > 0;) report.append(buffer, static_cast<size_t>(n));
+  ::close(channel[0]);
+  ::waitpid(pid, nullptr, 0);
+  MeasuredLoad m;
+  std::istringstream lines(report);
+  std::string line;
+  if (std::getline(lines, line)) m.peak_mib = std::stod(line);
+  if (std::getline(lines, line)) m.anon_mib = std::stod(line);
+  std::getline(lines, m.error);
+  return m;
+}
+
+TEST_F(CheckpointTest, NotARegularFile) {
+  EXPECT_EQ(checkpoint_error([&] { load("/dev/zero"); }),
+            "cannot read checkpoint '/dev/zero': not a regular file (a device, pipe or socket)");
+  const std::string fifo = path("fifo.pt");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_EQ(checkpoint_error([&] { load(fifo); }),  // without waiting for a writer
+            "cannot read checkpoint '" + fifo + "': not a regular file (a device, pipe or socket)");
+}
+
+TEST_F(CheckpointTest, ABigFileThatIsNoCheckpointCostsOnlyItsDirectory) {
+  // A 2 GiB sparse file starting like a zip: before, every rank read all of it into memory before refusing it.
+  const std::string sparse = path("sparse.pt");
+  {
+    std::ofstream out(sparse);
+    out << "PK\x03\x04";
+  }
+  ASSERT_EQ(::truncate(sparse.c_str(), off_t{2} << 30), 0);
+  const MeasuredLoad m = measure_load(sparse);
+  EXPECT_EQ(m.error, "cannot read checkpoint '" + sparse +
+                         "': the file is truncated or corrupt (the zip has no end-of-central-directory record)");
+  EXPECT_LT(m.peak_mib, 16) << "a refused 2 GiB file raised the peak memory by " << m.peak_mib << " MiB";
+}
+
+TEST_F(CheckpointTest, LoadingCopiesNoByteIntoFreshMemory) {
+  // 160 MB of tensors: before, a load added 157 MiB of anonymous memory (a writable MAP_POPULATE copies each page).
+  const int64_t numel = 40 << 20;
+  const at::Tensor weights = at::arange(numel, at::kFloat);
+  save(Value::dict({{"w", weights}}), path("big.pt"));
+  const MeasuredLoad m = measure_load(path("big.pt"));
+  EXPECT_EQ(m.error, "");
+  EXPECT_LT(m.anon_mib, 8) << "loading a 160 MB checkpoint added " << m.anon_mib << " MiB of anonymous memory";
+  // The tensors are writable all the same; what is written stays in the process, the file is unchanged.
+  {
+    Value loaded = load(path("big.pt"));
+    at::Tensor w = loaded.at("w").to_tensor();
+    w.narrow(0, 0, 1000).fill_(-1);
+    EXPECT_EQ(w[0].item<float>(), -1);
+    EXPECT_EQ(w[numel - 1].item<float>(), static_cast<float>(numel - 1));
+  }
+  EXPECT_EQ(load(path("big.pt")).at("w").to_tensor()[0].item<float>(), 0);
+}
+
+TEST_F(CheckpointTest, PickleMemoryBudget) {
+  // 5 M empty lists in 5 MB of pickle took 2.27 GB per rank (torch.load: 0.67 GB); 5 M Nones on the stack the same.
+  const size_t count = 5000000;
+  const std::string lists = B("\x80\x02]") + "(" + std::string(count, ']') + "e.";
+  const std::string nones = B("\x80\x02]") + "(" + std::string(count, 'N') + "e.";
+  const std::string memo = B("\x80\x04N") + std::string(count, '\x94') + ".";  // a memo slot per byte (MEMOIZE)
+  std::string dict = B("\x80\x02}(");  // 833,000 distinct int keys (BININT), each set to None
+  for (uint32_t i = 0; dict.size() + 7 <= lists.size() - 2; ++i) {
+    dict += 'J';
+    dict.append(reinterpret_cast<const char*>(&i), 4);
+    dict += 'N';
+  }
+  dict += "u.";
+  const size_t budget_mib = (kPickleBudgetBaseBytes + kPickleBudgetPerByte * lists.size()) >> 20;
+  for (const auto& [name, pickle] : {std::pair<const char*, std::string>{"lists.pt", lists},
+                                     {"nones.pt", nones},
+                                     {"memo.pt", memo},
+                                     {"dict.pt", dict}}) {
+    write_zip(name, {{"data.pkl", pickle}});
+    const MeasuredLoad m = measure_load(path(name));
+    const bool refused = m.error.find("unpickling needs more than " + std::to_string(budget_mib) +
+                                      " MiB, the budget for a pickle of " + std::to_string(pickle.size()) +
+                                      " bytes (64 MiB plus 64 bytes per byte); a checkpoint holds far fewer objects "
+                                      "than this file builds") != std::string::npos;
+    // The dict's 833,000 entries fit their budget: loaded. The others build far more than theirs: refused.
+    EXPECT_EQ(refused, std::string(name) != "dict.pt") << name << ": " << m.error;
+    EXPECT_LT(m.peak_mib, 1.5 * static_cast<double>(budget_mib)) << name << ": the budget does not bound memory";
+    std::printf("%s: %s at a peak of %.0f MiB (budget %zu MiB)\n", name, refused ? "refused" : "loaded", m.peak_mib,
+                budget_mib);
+  }
+  // A list of a million ints, pickled as Python does (APPENDS every 1000), is well within its budget.
+  std::string ints = B("\x80\x02]");
+  for (int batch = 0; batch < 1000; ++batch) {
+    ints += "(";
+    for (int i = 0; i < 1000; ++i) ints += B("K\x07");
+    ints += "e";
+  }
+  ints += ".";
+  write_zip("ints.pt", {{"data.pkl", ints}});
+  const MeasuredLoad m = measure_load(path("ints.pt"));
+  EXPECT_EQ(m.error, "");
+  EXPECT_EQ(load(path("ints.pt")).items().size(), 1000000u);
+}
+
+// Zips crafted by tests/checkpoint/hostile_zips.py (Python's zipfile): refused from their directory, with what is
+// wrong.
+TEST_F(CheckpointTest, HostileZipsAreRefusedFromTheirDirectory) {
+  const std::string command =
+      std::string("python3 ") + DDPRUN_SOURCE_DIR + "/tests/checkpoint/hostile_zips.py '" + dir_ + "'";
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  auto error = [&](const char* name) { return checkpoint_error([&] { load(path(name)); }); };
+  auto corrupt = [&](const char* name, const std::string& what) {
+    return "cannot read checkpoint '" + path(name) + "': the file is truncated or corrupt (" + what + ")";
+  };
+  // Before, PyTorchStreamReader inflated the 256 MiB version record (the 1 GiB one peaked at 2.34 GB).
+  const MeasuredLoad bomb = measure_load(path("version_bomb.pt"));
+  EXPECT_EQ(bomb.error, corrupt("version_bomb.pt",
+                                "record 'archive/version' is compressed (method 8); torch.save stores records "
+                                "uncompressed"));
+  EXPECT_LT(bomb.peak_mib, 16);
+  // Before, the record in the other folder replaced archive/data.pkl: the file loaded as the int 7.
+  EXPECT_EQ(error("other_folder.pt"),
+            corrupt("other_folder.pt",
+                    "record 'zzz/data.pkl' lies outside the top folder 'archive' of the others; "
+                    "torch.load refuses such a file, and so does ddprun"));
+  EXPECT_EQ(error("duplicate.pt"),
+            corrupt("duplicate.pt",
+                    "the zip lists record 'archive/data.pkl' twice; which one a reader takes is not defined"));
+  EXPECT_EQ(error("compressed.pt"), corrupt("compressed.pt",
+                                            "record 'archive/data.pkl' is compressed (method 8); "
+                                            "torch.save stores records uncompressed"));
+  EXPECT_EQ(error("no_version.pt"), corrupt("no_version.pt", "it has no version record (not written by torch.save)"));
+  EXPECT_EQ(error("future_version.pt"),
+            corrupt("future_version.pt", "its format version 99 is not one LibTorch reads (1 to 10)"));
+  EXPECT_EQ(error("no_folder.pt"),
+            corrupt("no_folder.pt", "record 'data.pkl' is not in a top folder, as torch.save writes every record"));
+}
+
 TEST_F(CheckpointTest, ZipWithoutDataPkl) {
   write_zip("nodata.pt", {{"other", "x"}});
   EXPECT_EQ(
@@ -739,7 +921,7 @@ TEST_F(CheckpointTest, FailedSaveKeepsTheOldFile) {
   const std::string prefix = "cannot write checkpoint '" + p + "': ";
 
   // The folder cannot take the temporary file: a folder in its place (works as root, where permissions don't).
-  const std::string temp = p + ".tmp." + std::to_string(::getpid());
+  const std::string temp = AtomicFile::temporary_path(p);
   fs::create_directory(temp);
   EXPECT_EQ(checkpoint_error([&] {
               save(Value::dict({{"epoch", 2}}), p);
@@ -772,8 +954,8 @@ TEST_F(CheckpointTest, FailedSaveKeepsTheOldFile) {
   // A folder that does not exist.
   const std::string nowhere = path("no/such/folder/ckpt.pt");
   EXPECT_EQ(checkpoint_error([&] { save(old, nowhere); }),
-            "cannot write checkpoint '" + nowhere + "': cannot create '" + nowhere + ".tmp." +
-                std::to_string(::getpid()) + "': No such file or directory");
+            "cannot write checkpoint '" + nowhere + "': cannot create '" + AtomicFile::temporary_path(nowhere) +
+                "': No such file or directory");
 }
 
 // A state big enough to be written with direct I/O, its size not a multiple of the 4 KiB block.
@@ -833,6 +1015,40 @@ TEST_F(CheckpointTest, ACrashAtEveryStageLeavesALoadableFile) {
       for (const std::string& f : files()) fs::remove(path(f));
     }
   }
+}
+
+// A writer killed mid-write (kill -9 of rank 0, a single SIGTERM) leaves its partial temporary file: before, these
+// (12-142 MB each) stayed forever. remove_stale_temporaries removes those whose writer is gone, and only those.
+TEST_F(CheckpointTest, StaleTemporariesOfDeadWritersAreRemoved) {
+  const Value next = big_object(2);
+  const int status = in_child([&] {
+    save(next, path("checkpoint.pth"), [](WriteStage s) {
+      if (s == WriteStage::Written) ::_exit(42);  // dies with the file written, not renamed
+    });
+    return 0;
+  });
+  ASSERT_EQ(status, 42);
+  const std::vector<std::string> left = files();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].rfind("checkpoint.pth.tmp.", 0), 0u) << left[0];
+  // An earlier version's name (no host) whose pid is gone, a file being written right now, and files that are not
+  // ours stay or go as they should.
+  write_file("model_3.pth.tmp.999999999", "partial");
+  AtomicFile writing(path("model_4.pth"));
+  writing.write("x", 1);
+  write_file("notes.tmp.txt", "mine");
+  write_file("model_5.pth.tmp.host.abc", "not our naming");
+  const std::vector<StaleTemporary> removed = remove_stale_temporaries(dir_);
+  std::vector<std::string> names;
+  for (const StaleTemporary& r : removed) names.push_back(fs::path(r.path).filename().string());
+  std::sort(names.begin(), names.end());
+  ASSERT_EQ(names.size(), 2u);
+  EXPECT_EQ(names[0], left[0]);
+  EXPECT_EQ(names[1], "model_3.pth.tmp.999999999");
+  EXPECT_GT(removed[0].bytes + removed[1].bytes, AtomicFile::kDirectMinBytes);
+  EXPECT_TRUE(fs::exists(AtomicFile::temporary_path(path("model_4.pth"))));  // its writer holds it
+  writing.commit();
+  EXPECT_EQ(files(), (std::vector<std::string>{"model_4.pth", "model_5.pth.tmp.host.abc", "notes.tmp.txt"}));
 }
 
 // Write errors (here the file-size limit, as a full disk would) name the path and the errno text, and leave the
