@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -10,14 +11,17 @@
 namespace ddprun::comm {
 
 namespace {
-// A non-negative number from the environment, or `fallback` when unset; a malformed value is an error.
-double env_number(const char* name, double fallback) {
+// A number from 0 to `largest` from the environment, or `fallback` when unset; anything else is an error.
+double env_number(const char* name, double fallback, double largest) {
   const char* text = std::getenv(name);
   if (!text || !*text) return fallback;
   char* end = nullptr;
   const double value = std::strtod(text, &end);
-  if (*end != '\0' || !std::isfinite(value) || value < 0)
-    throw std::invalid_argument(std::string(name) + "=" + text + " is not a non-negative number");
+  if (*end != '\0' || !std::isfinite(value) || value < 0 || value > largest) {
+    char range[64];
+    std::snprintf(range, sizeof range, "%.15g", largest);
+    throw std::invalid_argument(std::string(name) + "=" + text + " is not a number from 0 to " + range);
+  }
   return value;
 }
 
@@ -31,11 +35,11 @@ constexpr bool kDebugBuild =
 
 CommOptions comm_options_from_env() {
   CommOptions options;
-  options.timeout = std::chrono::milliseconds(
-      static_cast<int64_t>(env_number("DDPRUN_COMM_TIMEOUT", options.timeout.count() / 1000.0) * 1000));
-  options.check_shapes = env_number("DDPRUN_COMM_CHECK", kDebugBuild ? 1 : 0) != 0;
-  options.segment_bytes =
-      static_cast<int64_t>(env_number("DDPRUN_COMM_SEGMENT_BYTES", static_cast<double>(options.segment_bytes)));
+  options.timeout = std::chrono::milliseconds(static_cast<int64_t>(
+      env_number("DDPRUN_COMM_TIMEOUT", options.timeout.count() / 1000.0, kMaxTimeoutSeconds) * 1000));
+  options.check_shapes = env_number("DDPRUN_COMM_CHECK", kDebugBuild ? 1 : 0, 1) != 0;
+  options.segment_bytes = static_cast<int64_t>(
+      env_number("DDPRUN_COMM_SEGMENT_BYTES", static_cast<double>(options.segment_bytes), double(int64_t{1} << 40)));
   return options;
 }
 

@@ -18,8 +18,13 @@ struct CommOptions {
   int64_t segment_bytes = int64_t{4} << 20;
 };
 
+// The longest timeout (a week): the one source of this bound for DDPRUN_COMM_TIMEOUT, --comm-timeout and the
+// library's ProcessGroupOptions.
+constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600;
+
 // CommOptions from the environment: DDPRUN_COMM_TIMEOUT (seconds), DDPRUN_COMM_CHECK (0/1; on by default in
-// builds without NDEBUG), DDPRUN_COMM_SEGMENT_BYTES. Explicit flags override these in ddptrain.
+// builds without NDEBUG), DDPRUN_COMM_SEGMENT_BYTES; throws std::invalid_argument naming a variable that is not a
+// number in its range. Explicit flags override these in ddptrain.
 CommOptions comm_options_from_env();
 
 // How often a backend's watchdog looks at what is in flight: a twentieth of the timeout, between 10 and 200 ms.

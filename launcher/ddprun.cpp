@@ -10,9 +10,12 @@
 #include "launcher/supervisor.h"
 
 #include <sched.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -57,6 +60,9 @@ int run(int argc, char** argv) {
   }
   Environment env = current_environment();
   options.shape.local_cores = cores_available();
+  rlimit processes{};
+  if (getrlimit(RLIMIT_NPROC, &processes) == 0 && processes.rlim_cur != RLIM_INFINITY)
+    options.shape.process_limit = static_cast<long>(std::min<rlim_t>(processes.rlim_cur, LONG_MAX));
   const JobShape shape = plan_job(options.shape, env);
 
   // Ranks cannot tell whether mpirun's output reaches a terminal (their stdout is a pseudo-terminal either way).
@@ -83,6 +89,7 @@ int run(int argc, char** argv) {
   supervision.max_restarts = options.max_restarts;
   supervision.restart_delay = options.restart_delay;
   supervision.requeue = options.requeue;
+  supervision.signal_hold = options.signal_hold;
   return supervise(
       supervision,
       [&](int restart) {
@@ -96,6 +103,13 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A preemption signal that arrives while ddprun starts must not end it (their default action): it waits, blocked,
+  // until the supervisor reads it and passes it on once the ranks can take it.
+  sigset_t preemption;
+  sigemptyset(&preemption);
+  sigaddset(&preemption, SIGUSR1);
+  sigaddset(&preemption, SIGUSR2);
+  sigprocmask(SIG_BLOCK, &preemption, nullptr);
   try {
     return run(argc, argv);
   } catch (const UsageError& e) {
@@ -105,5 +119,5 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {  // the launcher cannot be started
     std::fprintf(stderr, "ddprun: error: %s; install openmpi-bin (or Slurm's srun) or pass --mpirun PATH\n", e.what());
   }
-  return kExitUsage;
+  return ddprun::kExitUsage;
 }

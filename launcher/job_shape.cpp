@@ -1,16 +1,17 @@
 // The rank count and host list of a job, from ddprun's flags, the visible GPUs and the Slurm allocation.
 #include "launcher/job_shape.h"
 
+#include "common/small_file.h"
 #include "launcher/hostlist.h"
 
 #include <dirent.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
@@ -85,8 +86,7 @@ std::vector<Host> parse_hosts(const std::string& text) {
 }
 
 std::vector<Host> read_hostfile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::invalid_argument("cannot read --hostfile '" + path + "': " + std::strerror(errno));
+  std::istringstream in(read_small_file(path, kMaxHostfileBytes, "--hostfile"));
   std::vector<Host> hosts;
   for (std::string line; std::getline(in, line);) {
     line = line.substr(0, line.find('#'));
@@ -186,6 +186,12 @@ JobShape plan_job(const ShapeRequest& request, const Environment& env) {
   }
   // A hostfile line without slots= would give mpirun the host's core count: pass the planned slots with -H.
   if (!shape.hostfile.empty() && !slots_given) shape.hostfile.clear();
+  for (const Host& host : shape.hosts) {
+    if (host.slots > kMaxSlotsPerHost)
+      throw std::invalid_argument(where + " gives host " + host.name + " " + plural(host.slots, "slot") +
+                                  ", more than the " + std::to_string(kMaxSlotsPerHost) +
+                                  " ranks ddprun starts on one host; give one rank per GPU (or core)");
+  }
   if (!shape.hosts.empty()) {
     const int slots = slot_sum(shape.hosts);
     if (shape.ranks > slots)
@@ -193,9 +199,18 @@ JobShape plan_job(const ShapeRequest& request, const Environment& env) {
                                   where + "; give fewer ranks (--np) or more slots (HOST:SLOTS)");
     shape.reason += " on " + plural(nodes, "host") + " (" + where + ")";
   } else {
+    const long most = static_cast<long>(kMaxRanksPerCore) * std::max(1, request.local_cores);
+    if (shape.ranks > most)
+      throw std::invalid_argument(plural(shape.ranks, "rank") + " on this node's " +
+                                  plural(request.local_cores, "core") + " is more than " + std::to_string(most) + " (" +
+                                  std::to_string(kMaxRanksPerCore) +
+                                  " per core), which would flood it; give fewer ranks (--np) or name more hosts (-H)");
     shape.oversubscribe = shape.ranks > request.local_cores;
     shape.reason += " on this node";
   }
+  if (request.process_limit >= 0 && shape.ranks > request.process_limit)
+    throw std::invalid_argument(plural(shape.ranks, "rank") + " exceed this user's process limit (ulimit -u " +
+                                std::to_string(request.process_limit) + "); give fewer ranks (--np)");
   return shape;
 }
 

@@ -10,6 +10,7 @@
 
 #include "launcher/environment.h"
 
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -27,7 +28,13 @@ struct ShapeRequest {
   std::string hostfile;             // --hostfile, Open MPI's format ("a slots=2")
   std::string device_dir = "/dev";  // where GPUs appear as nvidia0, nvidia1, ...
   int local_cores = 1;              // cores this process may use (for --oversubscribe)
+  long process_limit = -1;          // RLIMIT_NPROC's soft limit for this user (-1: unlimited)
 };
+
+// The most ranks ddprun starts: per core of this node when every rank runs here (mpirun --oversubscribe would start
+// any number, and flood the node until it fails), and per host named with -H, a hostfile or Slurm.
+constexpr int kMaxRanksPerCore = 16;
+constexpr int kMaxSlotsPerHost = 1024;
 
 struct JobShape {
   int ranks = 1;
@@ -37,7 +44,8 @@ struct JobShape {
   std::string reason;          // how ranks and hosts were chosen, for the start-up line
 };
 
-// Throws std::invalid_argument with one line naming the flag or variable it cannot use.
+// Throws std::invalid_argument with one line naming the flag or variable it cannot use, or saying why the hosts
+// cannot hold that many ranks.
 JobShape plan_job(const ShapeRequest& request, const Environment& env);
 
 // The GPUs CUDA_VISIBLE_DEVICES lets a process see: its entries up to the first invalid one ("-1", "NoDevFiles").
@@ -49,7 +57,8 @@ int count_gpu_devices(const std::string& device_dir);
 // -H "a:2,b,c:4" (slots 0 where not given).
 std::vector<Host> parse_hosts(const std::string& text);
 
-// An Open MPI hostfile: "name [slots=N] ..." per line, '#' comments.
+// An Open MPI hostfile: "name [slots=N] ..." per line, '#' comments; a regular file of at most kMaxHostfileBytes.
+constexpr size_t kMaxHostfileBytes = size_t{1} << 20;
 std::vector<Host> read_hostfile(const std::string& path);
 
 }  // namespace ddprun::launcher

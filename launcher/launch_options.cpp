@@ -30,13 +30,17 @@ const char* const kLaunchUsage =
     "                        up to K times (default 0); failures before training started (exit codes 2, 3) are final\n"
     "  --restart-delay S     seconds before the first restart, doubled for each next one, at most 60 (default 1)\n"
     "  --no-requeue          under Slurm, do not run 'scontrol requeue' when the ranks exit preempted (75)\n"
+    "  --signal-hold S       while the ranks start, hold SIGUSR1/SIGUSR2 back until they report that they catch\n"
+    "                        them (ddptrain and libddprun programs do), at most S seconds after each start\n"
+    "                        (default 10; 0: pass them on at once, which kills ranks still loading)\n"
     "  -h, --help            print this help\n"
     "Signals: SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 to ddprun reach every rank (mpirun ends the job on TERM,\n"
     "INT and HUP: SIGTERM after 1 s, SIGKILL at most 1 s later, so preempt with SIGUSR1 or SIGUSR2, which ddptrain's\n"
-    "--preempt-signals catches).\n"
+    "--preempt-signals catches). ddprun returns only when every process of the job is gone: ranks that outlive\n"
+    "mpirun (it exits at once on a second SIGINT) get SIGTERM, then SIGKILL 1 s later.\n"
     "Exit codes: 0 success; 75 preempted, checkpoint saved, requeue (done by ddprun under Slurm); 2 a bad ddprun flag\n"
-    "or no launcher; otherwise the job's code (1 failure, 2 bad program flags, 3 failed before training, 128+N killed\n"
-    "by signal N).\n";
+    "or no launcher; otherwise the job's code (1 failure, 2 bad program flags, 3 failed before training, 4 training\n"
+    "diverged (NaN/inf loss), 128+N killed by signal N). Only 1 and 128+N are restarted.\n";
 
 namespace {
 
@@ -92,6 +96,13 @@ LaunchOptions parse_launch_options(int argc, const char* const* argv) {
       o.restart_delay = std::strtod(text.c_str(), &end);
       if (end == text.c_str() || *end != '\0' || !std::isfinite(o.restart_delay) || o.restart_delay < 0)
         throw UsageError("--restart-delay '" + text + "' is not a number of seconds (0 or more)");
+    } else if (arg == "--signal-hold") {
+      const std::string text = value();
+      char* end = nullptr;
+      o.signal_hold = std::strtod(text.c_str(), &end);
+      if (end == text.c_str() || *end != '\0' || !std::isfinite(o.signal_hold) || o.signal_hold < 0 ||
+          o.signal_hold > 3600)
+        throw UsageError("--signal-hold '" + text + "' is not a number of seconds from 0 to 3600");
     } else if (arg == "--no-requeue") {
       o.requeue = false;
     } else if (arg == "--dry-run") {

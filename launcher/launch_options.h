@@ -24,6 +24,7 @@ struct LaunchOptions {
   int max_restarts = 0;              // --max-restarts
   double restart_delay = 1;          // --restart-delay: seconds before the first restart, doubled each time
   bool requeue = true;               // under Slurm, requeue the job when the ranks exit preempted (--no-requeue)
+  double signal_hold = 10;           // --signal-hold: seconds SIGUSR1/2 may wait for the ranks to start catching them
   bool dry_run = false;              // --dry-run
   bool help = false;                 // -h, --help
   std::vector<std::string> program;  // PROGRAM ARGS...

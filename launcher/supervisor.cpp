@@ -1,18 +1,22 @@
 // The job's supervisor: one child launcher at a time, signals passed on, restarts and Slurm requeues.
 #include "launcher/supervisor.h"
 
-#include <fcntl.h>
-#include <sys/prctl.h>
+#include "launcher/child_processes.h"
+#include "launcher/ready_channel.h"
+
+#include <poll.h>
+#include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <ctime>
 #include <stdexcept>
 
 namespace ddprun::launcher {
@@ -20,6 +24,12 @@ namespace {
 
 // The signals ddprun passes on to the ranks.
 constexpr int kForwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2};
+
+using Clock = std::chrono::steady_clock;
+
+bool is_preemption(int signal) { return signal == SIGUSR1 || signal == SIGUSR2; }
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 void say(const std::string& line) {
   std::fprintf(stderr, "ddprun: %s\n", line.c_str());
@@ -30,51 +40,6 @@ std::string seconds_text(double seconds) {
   char text[32];
   std::snprintf(text, sizeof text, "%g s", seconds);
   return text;
-}
-
-// Starts `command` as a child in a process group of its own (ddprun passes signals on, so a Ctrl-C on the terminal
-// reaches mpirun once, through ddprun), with `mask` as its signal mask. It dies with SIGTERM if ddprun dies first.
-// Throws std::runtime_error when the program cannot be started.
-pid_t start_child(const std::vector<std::string>& command, const sigset_t& mask) {
-  int report[2];
-  if (pipe2(report, O_CLOEXEC) != 0) throw std::runtime_error(std::string("pipe: ") + std::strerror(errno));
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
-  if (pid == 0) {
-    setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent) _exit(128 + SIGTERM);
-    sigprocmask(SIG_SETMASK, &mask, nullptr);
-    // The ranks read no input: mpirun would otherwise pass ddprun's stdin to rank 0 and use it up (a script's loop
-    // around ddprun loses its input), and a process group that is not the terminal's foreground cannot read it.
-    const int null = open("/dev/null", O_RDONLY);
-    if (null > STDIN_FILENO) {
-      dup2(null, STDIN_FILENO);
-      close(null);
-    }
-    std::vector<char*> argv;
-    for (const std::string& word : command) argv.push_back(const_cast<char*>(word.c_str()));
-    argv.push_back(nullptr);
-    execvp(argv[0], argv.data());
-    const int error = errno;
-    ssize_t ignored = write(report[1], &error, sizeof error);
-    (void)ignored;
-    _exit(127);
-  }
-  setpgid(pid, pid);
-  close(report[1]);
-  int error = 0;
-  ssize_t n;
-  do {
-    n = read(report[0], &error, sizeof error);
-  } while (n < 0 && errno == EINTR);
-  close(report[0]);
-  if (n == static_cast<ssize_t>(sizeof error)) {
-    waitpid(pid, nullptr, 0);
-    throw std::runtime_error("cannot start '" + command.front() + "': " + std::strerror(error));
-  }
-  return pid;
 }
 
 // Runs scontrol requeue for the job; true when it worked.
@@ -99,30 +64,6 @@ bool requeue_slurm_job(const std::string& job, const sigset_t& mask) {
       (WIFEXITED(status) ? "exit code " + std::to_string(WEXITSTATUS(status)) : std::string("killed")) +
       "); was the job submitted with --requeue? Requeue it yourself, or resubmit it: it continues with --resume auto");
   return false;
-}
-
-// Waits up to `seconds` for one of the forwarded signals; returns it, or 0 when the time ran out.
-int wait_for_signal(const sigset_t& forwarded, double seconds) {
-  timespec left{static_cast<time_t>(seconds), static_cast<long>((seconds - std::floor(seconds)) * 1e9)};
-  timespec end;
-  clock_gettime(CLOCK_MONOTONIC, &end);
-  end.tv_sec += left.tv_sec;
-  end.tv_nsec += left.tv_nsec;
-  if (end.tv_nsec >= 1000000000L) {
-    end.tv_sec += 1;
-    end.tv_nsec -= 1000000000L;
-  }
-  while (true) {
-    const int signal = sigtimedwait(&forwarded, nullptr, &left);
-    if (signal > 0) return signal;
-    if (errno != EINTR) return 0;  // EAGAIN: the time is up
-    timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    const double remaining =
-        static_cast<double>(end.tv_sec - now.tv_sec) + static_cast<double>(end.tv_nsec - now.tv_nsec) / 1e9;
-    if (remaining <= 0) return 0;
-    left = {static_cast<time_t>(remaining), static_cast<long>((remaining - std::floor(remaining)) * 1e9)};
-  }
 }
 
 }  // namespace
@@ -151,6 +92,7 @@ std::string describe(const JobEnd& end) {
   if (code == kExitFailure) what = "a failure";
   if (code == kExitUsage) what = "bad flags";
   if (code == kExitSetUpFailed) what = "failed before training started";
+  if (code == kExitDiverged) what = "training diverged: a NaN or inf loss";
   if (code == kExitPreempted) what = "preempted, checkpoint saved";
   if (code > 128 && code < 128 + 65) what = "a rank was killed by " + signal_name(code - 128);
   return "exit code " + std::to_string(code) + (what.empty() ? "" : " (" + what + ")");
@@ -161,7 +103,7 @@ Decision decide(const JobEnd& end, bool signalled, int restart, int max_restarts
   if (code == 0) return Decision::Finished;
   if (code == kExitPreempted) return Decision::Preempted;
   if (signalled) return Decision::Stopped;
-  if (code == kExitUsage || code == kExitSetUpFailed) return Decision::Final;
+  if (code == kExitUsage || code == kExitSetUpFailed || code == kExitDiverged) return Decision::Final;
   return restart < max_restarts ? Decision::Restart : Decision::GiveUp;
 }
 
@@ -177,37 +119,171 @@ double restart_delay(const SupervisorOptions& options, int restart) {
   return std::min(kMaxRestartDelay, options.restart_delay * std::pow(2.0, restart));
 }
 
+namespace {
+
+// The signals that wait for ddprun (blocked, read from a signalfd only here).
+class SignalQueue {
+ public:
+  explicit SignalQueue(const sigset_t& signals) : fd_(signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC)) {
+    if (fd_ < 0) throw std::runtime_error(std::string("signalfd: ") + std::strerror(errno));
+  }
+  ~SignalQueue() { ::close(fd_); }
+  SignalQueue(const SignalQueue&) = delete;
+  SignalQueue& operator=(const SignalQueue&) = delete;
+  int fd() const { return fd_; }
+  // The next waiting signal, or 0.
+  int next() const {
+    signalfd_siginfo info{};
+    return ::read(fd_, &info, sizeof info) == static_cast<ssize_t>(sizeof info) ? static_cast<int>(info.ssi_signo) : 0;
+  }
+
+ private:
+  int fd_;
+};
+
+// How one run of the launcher went.
+struct RunResult {
+  JobEnd end;
+  int signalled = 0;  // the last signal passed on (or held) during the run, or 0
+  Clock::time_point signalled_at;
+  std::vector<int> never_passed;  // held for ranks that never became ready
+};
+
+// Reaps every exited child; true (and `status`) when `child` was one of them.
+bool reap(pid_t child, int& status) {
+  bool ended = false;
+  int s = 0;
+  for (pid_t pid; (pid = waitpid(-1, &s, WNOHANG)) > 0;) {
+    if (pid == child) {
+      ended = true;
+      status = s;
+    }
+  }
+  return ended;
+}
+
+// Looks after the launcher `child` until it exits: passes signals on; holds SIGUSR1/SIGUSR2 during the first
+// options.signal_hold seconds until the ranks report ready on `ready`.
+RunResult watch_run(pid_t child, const SignalQueue& signals, ReadyChannel& ready, const SupervisorOptions& options) {
+  RunResult result;
+  const auto start = Clock::now();
+  bool ranks_ready = options.signal_hold <= 0;
+  std::vector<int> held;
+  auto pass_on = [&](int signal, const std::string& note) {
+    // srun only prints its status on a first SIGINT; SIGTERM is what ends its tasks.
+    const int passed = options.launcher == "srun" && signal == SIGINT ? SIGTERM : signal;
+    kill(child, passed);
+    say(signal_name(signal) + ": passed on to the ranks" +
+        (passed != signal ? " (as " + signal_name(passed) + ", which srun forwards)" : "") + note);
+  };
+  auto release = [&](const std::string& why) {
+    ranks_ready = true;
+    for (const int signal : held) pass_on(signal, " (held " + why + ")");
+    held.clear();
+  };
+  int status = 0;
+  while (true) {
+    int timeout_ms = -1;
+    if (!ranks_ready) {
+      const double left = options.signal_hold - seconds_since(start);
+      if (left <= 0) {
+        release("for " + seconds_text(options.signal_hold) + ": no ready report from the ranks");
+        continue;
+      }
+      timeout_ms = static_cast<int>(std::ceil(left * 1000));
+    }
+    pollfd fds[2] = {{signals.fd(), POLLIN, 0}, {ready.fd(), POLLIN, 0}};
+    const nfds_t watched = !ranks_ready && ready.fd() >= 0 ? 2 : 1;
+    if (poll(fds, watched, timeout_ms) < 0) continue;  // EINTR
+    if (watched == 2 && (fds[1].revents & POLLIN) && ready.receive_ready())
+      release("until the ranks were ready, " + seconds_text(std::round(seconds_since(start) * 100) / 100) +
+              " after the start");
+    bool ended = false;
+    for (int signal; (signal = signals.next()) != 0;) {
+      if (signal == SIGCHLD) {
+        ended = reap(child, status) || ended;
+        continue;
+      }
+      result.signalled = signal;
+      result.signalled_at = Clock::now();
+      if (!ranks_ready && is_preemption(signal)) {
+        held.push_back(signal);
+        say(signal_name(signal) + ": held until the ranks catch it (they are still starting; at most " +
+            seconds_text(options.signal_hold) + " after the start)");
+        continue;
+      }
+      pass_on(signal, "");
+    }
+    if (ended) break;
+  }
+  result.end = {WIFSIGNALED(status), WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status)};
+  result.never_passed = held;
+  return result;
+}
+
+// Waits up to `seconds` for one of the forwarded signals (reaping children meanwhile); returns it, or 0.
+int wait_for_signal(const SignalQueue& signals, double seconds) {
+  const auto start = Clock::now();
+  while (true) {
+    const double left = seconds - seconds_since(start);
+    if (left <= 0) return 0;
+    pollfd fd{signals.fd(), POLLIN, 0};
+    if (poll(&fd, 1, static_cast<int>(std::ceil(left * 1000))) < 0) continue;
+    for (int signal; (signal = signals.next()) != 0;) {
+      if (signal != SIGCHLD) return signal;
+      int ignored = 0;
+      reap(-1, ignored);
+    }
+  }
+}
+
+// Ends whatever of the job outlived the launcher, and says so; ddprun returns only after this.
+void end_leftovers(const std::string& launcher) {
+  const LeftoverReport leftovers = end_leftover_processes(kLeftoverGraceSeconds);
+  if (leftovers.processes > 0) {
+    say(std::to_string(leftovers.processes) + " process(es) of the job outlived " + launcher + "; ended them with " +
+        (leftovers.killed ? "SIGTERM, then SIGKILL after " + seconds_text(kLeftoverGraceSeconds) : "SIGTERM") +
+        ", in " + seconds_text(std::round(leftovers.seconds * 100) / 100));
+  }
+}
+
+}  // namespace
+
 int supervise(const SupervisorOptions& options, const std::function<std::vector<std::string>(int restart)>& command_for,
               const Environment& env) {
-  // The signals wait in a queue for sigwaitinfo below; the child gets ddprun's original mask back.
+  // The signals wait for ddprun in a signalfd; the child gets ddprun's original mask back, minus these (a parent
+  // that blocked them must not leave mpirun deaf to them). Ranks that outlive mpirun become ddprun's children.
   std::signal(SIGCHLD, SIG_DFL);
-  sigset_t forwarded, watched, original;
+  sigset_t forwarded, watched, original, child_mask;
   sigemptyset(&forwarded);
   for (const int s : kForwarded) sigaddset(&forwarded, s);
   watched = forwarded;
   sigaddset(&watched, SIGCHLD);
   sigprocmask(SIG_BLOCK, &watched, &original);
+  child_mask = original;
+  for (const int s : kForwarded) sigdelset(&child_mask, s);
+  sigdelset(&child_mask, SIGCHLD);
+  if (!become_subreaper())
+    say("warning: cannot become the subreaper of the job's processes (" + std::string(std::strerror(errno)) +
+        "): ranks that outlive the launcher are not waited for");
+  const SignalQueue signals(watched);
+  ReadyChannel ready;
+  if (!ready.address().empty()) {
+    setenv(kEnvReadySocket, ready.address().c_str(), 1);  // the launcher passes DDPRUN_* on to the ranks
+  }
 
   std::string codes;  // every run's exit code, for the final report
   for (int restart = 0;; ++restart) {
-    const pid_t child = start_child(command_for(restart), original);
-    int signalled = 0;
-    int status = 0;
-    while (true) {
-      const int signal = sigwaitinfo(&watched, nullptr);
-      if (signal < 0) continue;  // EINTR
-      if (signal == SIGCHLD) {
-        if (waitpid(child, &status, WNOHANG) == child) break;
-        continue;
-      }
-      // srun only prints its status on a first SIGINT; SIGTERM is what ends its tasks.
-      const int passed = options.launcher == "srun" && signal == SIGINT ? SIGTERM : signal;
-      kill(child, passed);
-      signalled = signal;
-      say(signal_name(signal) + ": passed on to the ranks" +
-          (passed != signal ? " (as " + signal_name(passed) + ", which srun forwards)" : ""));
-    }
-    const JobEnd end{WIFSIGNALED(status), WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status)};
+    while (ready.receive_ready()) {
+    }  // a report left over from an earlier run is not this one's
+    const pid_t child = start_child(command_for(restart), child_mask);
+    const RunResult run = watch_run(child, signals, ready, options);
+    end_leftovers(options.launcher);
+    const JobEnd& end = run.end;
+    const int signalled = run.signalled;
+    if (!run.never_passed.empty())
+      say(signal_name(run.never_passed.front()) + " was held while the ranks started, and the job ended before they " +
+          "were ready for it");
     const int code = exit_code_of(end);
     codes += (codes.empty() ? "" : ", ") + std::to_string(code);
     switch (decide(end, signalled != 0, restart, options.max_restarts)) {
@@ -219,19 +295,19 @@ int supervise(const SupervisorOptions& options, const std::function<std::vector<
         if (job.empty() || !options.requeue) {
           say("preempted: the ranks saved a checkpoint and stopped (exit code 75); start the job again with "
               "--resume auto to continue where it stopped");
-        } else if (requeue_slurm_job(job, original)) {
+        } else if (requeue_slurm_job(job, child_mask)) {
           say("preempted: the ranks saved a checkpoint and stopped; requeued Slurm job " + job +
               " (scontrol requeue): it continues with --resume auto when it starts again");
         }
         return kExitPreempted;
       }
       case Decision::Stopped: {
-        say("the job ended after " + signal_name(signalled) + ": " + describe(end));
+        say("the job ended after " + signal_name(signalled) + ": " + describe(end) + "; every process of it was gone " +
+            seconds_text(std::round(seconds_since(run.signalled_at) * 100) / 100) + " after the signal");
         // A preemption signal whose ranks did not report a saved checkpoint: still back to the queue, to continue
         // from whatever checkpoint they saved last.
         const std::string job = slurm_job_to_requeue(env);
-        if ((signalled == SIGUSR1 || signalled == SIGUSR2) && !job.empty() && options.requeue &&
-            requeue_slurm_job(job, original))
+        if (is_preemption(signalled) && !job.empty() && options.requeue && requeue_slurm_job(job, child_mask))
           say("requeued Slurm job " + job + " (scontrol requeue): it continues from its last checkpoint");
         return code;
       }
@@ -251,12 +327,12 @@ int supervise(const SupervisorOptions& options, const std::function<std::vector<
     const double delay = restart_delay(options, restart);
     say("the job failed: " + describe(end) + "; restart " + std::to_string(restart + 1) + " of " +
         std::to_string(options.max_restarts) + " in " + seconds_text(delay) + ", with --resume auto");
-    if (const int signal = wait_for_signal(forwarded, delay)) {
-      if (signal == SIGUSR1 || signal == SIGUSR2) {
+    if (const int signal = wait_for_signal(signals, delay)) {
+      if (is_preemption(signal)) {
         // Preempted between two runs: the failed run's last checkpoint is where the next one continues.
         const std::string job = slurm_job_to_requeue(env);
         say(signal_name(signal) + " before the restart: not restarting; the last checkpoint stands");
-        if (!job.empty() && options.requeue && requeue_slurm_job(job, original))
+        if (!job.empty() && options.requeue && requeue_slurm_job(job, child_mask))
           say("requeued Slurm job " + job + " (scontrol requeue): it continues with --resume auto");
         return kExitPreempted;
       }

@@ -1,9 +1,11 @@
 // Runs the job and looks after it: starts the launcher (mpirun or srun) as a child in its own process group, passes
-// the signals ddprun gets on to it (so they reach every rank), and when it ends decides what comes next: done,
-// preempted (requeue the Slurm job), or failed (start it again with --resume auto, with a growing delay, up to
-// --max-restarts times; failures before training started are final).
+// the signals ddprun gets on to it (so they reach every rank; SIGUSR1/SIGUSR2 only once the ranks report that they
+// catch them), ends every process of the job that outlives the launcher, and when it ends decides what comes next:
+// done, preempted (requeue the Slurm job), or failed (start it again with --resume auto, with a growing delay, up to
+// --max-restarts times; failures before training started and diverged runs are final).
 #pragma once
 
+#include "ddprun/launch_contract.h"
 #include "launcher/environment.h"
 
 #include <functional>
@@ -12,19 +14,16 @@
 
 namespace ddprun::launcher {
 
-// Exit codes the ranks and ddprun agree on (ddptrain's too).
-constexpr int kExitFailure = 1;      // a failure during training: worth a restart
-constexpr int kExitUsage = 2;        // bad flags: final
-constexpr int kExitSetUpFailed = 3;  // failed before training started (data, checkpoint, devices): final
-constexpr int kExitPreempted = 75;   // preempted, checkpoint saved: requeue (EX_TEMPFAIL)
-
 struct SupervisorOptions {
   std::string launcher = "mpirun";  // srun gets SIGTERM for SIGINT (its first SIGINT only prints status)
   int max_restarts = 0;
   double restart_delay = 1;  // seconds before the first restart, doubled each time, at most kMaxRestartDelay
   bool requeue = true;       // under Slurm, scontrol requeue after a preemption
+  double signal_hold = 10;   // seconds of a run's start during which SIGUSR1/SIGUSR2 wait for the ranks' ready report
 };
 constexpr double kMaxRestartDelay = 60;
+// Ranks still there after the launcher ended get SIGTERM, then SIGKILL this much later (mpirun's own delay).
+constexpr double kLeftoverGraceSeconds = 1;
 
 // How the launcher ended: its exit code, or the signal that killed it.
 struct JobEnd {

@@ -2,6 +2,7 @@
 // rank 0 writes, every rank loads onto its device and gets its random generators back.
 #include "ddprun/checkpoint.h"
 
+#include "checkpoint/atomic_file.h"
 #include "checkpoint/checkpoint_folder.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
@@ -57,11 +58,12 @@ ResumePoint load_object(const Value& saved, const TrainingState& state, const st
         library::load_optimizer_state_dict(*state.optimizer, optimizer);
       }
     }
-    ResumePoint at{saved.at("epoch").to_int() + 1, 0};
+    ResumePoint at{saved.at("epoch").to_int_in(-1, trainer::kMaxEpochs - 1, "its 'epoch' (the last finished one)") + 1,
+                   0};
     if (const Value* extra = saved.find("ddprun")) {
-      if (extra->at("format_version").to_int() > kFormat)
+      if (extra->at("format_version").to_int_in(1, INT64_MAX, "its format_version") > kFormat)
         throw std::runtime_error("was written by a newer ddprun; update it");
-      at.step = extra->at("step_in_epoch").to_int();
+      at.step = extra->at("step_in_epoch").to_int_in(0, int64_t{1} << 40, "its step_in_epoch");
     }
     return at;
   } catch (const checkpoint::CheckpointError&) {
@@ -152,6 +154,11 @@ ResumePoint CheckpointManager::resume(const std::string& path) {
 ResumePoint CheckpointManager::resume_auto() {
   ProcessGroup& group = state_->group;
   ResumePoint at;
+  // A checkpoint write whose writer was killed left a partial temporary file: rank 0 removes it before choosing.
+  if (group.rank() == 0)
+    for (const checkpoint::StaleTemporary& stale : checkpoint::remove_stale_temporaries(state_->folder.path()))
+      std::printf("ddprun: removed %s (%.1f MB), a checkpoint write whose writer is gone (killed mid-write)\n",
+                  stale.path.c_str(), static_cast<double>(stale.bytes) / 1e6);
   const std::string chosen =
       checkpoint::load_newest(group.communicator(), state_->folder, "ddprun", "the checkpoint directory",
                               [&](const std::string& path) { at = resume(path); });

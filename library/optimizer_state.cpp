@@ -1,12 +1,16 @@
 // torch::optim::SGD/Adam/AdamW state <-> torch.optim's state_dict layout.
 #include "library/optimizer_state.h"
 
+#include "trainer/optimizer.h"
+
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <c10/util/StringUtil.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
+#include <cmath>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -85,6 +89,9 @@ at::Tensor like(const at::Tensor& param, const Value& saved, size_t index, const
   if (t.sizes() != param.sizes())
     throw std::runtime_error(std::string("optimizer state: ") + what + " of parameter " + std::to_string(index) +
                              " has shape " + c10::str(t.sizes()) + ", the parameter " + c10::str(param.sizes()));
+  if (t.is_floating_point() && !at::isfinite(t).all().item<bool>())
+    throw std::runtime_error(std::string("optimizer state: ") + what + " of parameter " + std::to_string(index) +
+                             " holds NaN or inf values: the run that saved it had diverged");
   return t.to(param.device(), param.scalar_type()).clone();
 }
 
@@ -165,10 +172,14 @@ std::optional<double> load_optimizer_state_dict(torch::optim::Optimizer& optimiz
   for (size_t g = 0; g < groups.size(); ++g) {
     const Value& group = groups[g];
     torch::optim::OptimizerOptions& options = ours[g].options();
-    const double lr = group.at("lr").to_double(), wd = group.at("weight_decay").to_double();
-    if (const Value* initial = group.find("initial_lr")) initial_lr = initial->to_double();
+    using trainer::kMaxLearningRate;
+    const double lr = group.at("lr").to_double_in(0, kMaxLearningRate, "optimizer state's lr");
+    const double wd = group.at("weight_decay").to_double_in(0, kMaxLearningRate, "optimizer state's weight_decay");
+    if (const Value* initial = group.find("initial_lr"))
+      initial_lr = initial->to_double_in(0, kMaxLearningRate, "optimizer state's initial_lr");
     if (kind == Kind::Sgd) {
-      const double momentum = group.at("momentum").to_double(), dampening = group.at("dampening").to_double();
+      const double momentum = group.at("momentum").to_double_in(0, 1, "optimizer state's momentum");
+      const double dampening = group.at("dampening").to_double_in(0, 1, "optimizer state's dampening");
       const bool nesterov = group.at("nesterov").to_bool();
       apply.emplace_back([&options, lr, wd, momentum, dampening, nesterov] {
         auto& o = static_cast<torch::optim::SGDOptions&>(options);
@@ -177,8 +188,10 @@ std::optional<double> load_optimizer_state_dict(torch::optim::Optimizer& optimiz
     } else {
       const auto& betas = group.at("betas").items();
       if (betas.size() != 2) throw std::runtime_error("optimizer state: 'betas' is not a pair");
-      const std::tuple<double, double> b{betas[0].to_double(), betas[1].to_double()};
-      const double eps = group.at("eps").to_double();
+      const double below_one = std::nextafter(1.0, 0.0);
+      const std::tuple<double, double> b{betas[0].to_double_in(0, below_one, "optimizer state's betas[0]"),
+                                         betas[1].to_double_in(0, below_one, "optimizer state's betas[1]")};
+      const double eps = group.at("eps").to_double_in(0, 1, "optimizer state's eps");
       const bool amsgrad = group.at("amsgrad").to_bool();
       apply.emplace_back([&options, kind, lr, wd, b, eps, amsgrad] {
         if (kind == Kind::Adam) {
@@ -190,10 +203,9 @@ std::optional<double> load_optimizer_state_dict(torch::optim::Optimizer& optimiz
     }
   }
   for (const auto& [key, entry] : saved.at("state").entries()) {
-    const int64_t i = key.to_int();
-    if (i < 0 || static_cast<size_t>(i) >= params.size())
-      throw std::runtime_error("optimizer state names parameter " + std::to_string(i) + " of " +
-                               std::to_string(params.size()));
+    const int64_t i = key.to_int_in(0, static_cast<int64_t>(params.size()) - 1,
+                                    "a parameter index in the optimizer state (the optimizer has " +
+                                        std::to_string(params.size()) + " parameters)");
     const at::Tensor& p = params[static_cast<size_t>(i)];
     if (kind == Kind::Sgd) {
       const Value* buffer = entry.find("momentum_buffer");
@@ -206,7 +218,11 @@ std::optional<double> load_optimizer_state_dict(torch::optim::Optimizer& optimiz
       });
     } else {
       const Value& step = entry.at("step");
-      const int64_t steps = static_cast<int64_t>(step.is_tensor() ? step.to_tensor().item<double>() : step.to_double());
+      const std::string what = "the step of parameter " + std::to_string(i) + " in the optimizer state";
+      if (step.is_tensor() && step.to_tensor().numel() != 1) throw std::runtime_error(what + " is not one number");
+      const int64_t steps = static_cast<int64_t>(
+          (step.is_tensor() ? Value(step.to_tensor().to(at::kCPU, at::kDouble).item<double>()) : step)
+              .to_double_in(0, static_cast<double>(trainer::kMaxStepCount), what));
       at::Tensor exp_avg = like(p, entry.at("exp_avg"), static_cast<size_t>(i), "exp_avg");
       at::Tensor exp_avg_sq = like(p, entry.at("exp_avg_sq"), static_cast<size_t>(i), "exp_avg_sq");
       at::Tensor max_sq;

@@ -9,6 +9,7 @@
 
 #include <torch/cuda.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -51,6 +52,10 @@ ProcessGroup init_process_group(const ProcessGroupOptions& options) {
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(std::string("ProcessGroupOptions::backend: ") + e.what());
   }
+  if (!std::isfinite(options.timeout_seconds) || options.timeout_seconds > comm::kMaxTimeoutSeconds)
+    throw std::invalid_argument(
+        "ProcessGroupOptions::timeout_seconds must be -1 (the default), 0 (no limit) or up to "
+        "604800 seconds (a week)");
   comm::CommOptions comm_options = comm::comm_options_from_env();
   if (options.timeout_seconds >= 0)
     comm_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(options.timeout_seconds * 1000));

@@ -89,10 +89,11 @@ void AdamW::load_state_dict(const Value& saved) {
   const auto& betas = group.at("betas").items();
   if (betas.size() != 2)
     throw std::runtime_error("optimizer state's betas has " + std::to_string(betas.size()) + " values, AdamW takes 2");
-  restored.beta1 = betas[0].to_double();
-  restored.beta2 = betas[1].to_double();
-  restored.eps = group.at("eps").to_double();
-  restored.weight_decay = group.at("weight_decay").to_double();
+  const double below_one = std::nextafter(1.0, 0.0);
+  restored.beta1 = betas[0].to_double_in(0, below_one, "optimizer state's betas[0]");
+  restored.beta2 = betas[1].to_double_in(0, below_one, "optimizer state's betas[1]");
+  restored.eps = group.at("eps").to_double_in(0, 1, "optimizer state's eps");
+  restored.weight_decay = group.at("weight_decay").to_double_in(0, kMaxLearningRate, "optimizer state's weight_decay");
   restored.amsgrad = group.find("amsgrad") && group.at("amsgrad").to_bool();
 
   std::vector<State> state(params_.size());
@@ -100,8 +101,13 @@ void AdamW::load_state_dict(const Value& saved) {
     State& s = state[i];
     // Python 1.12 and older wrote the step as a number; the CPU path keeps it as a float32 scalar on the CPU.
     const Value& step = entry->at("step");
-    s.step = step.is_tensor() ? step.to_tensor().to(at::kCPU, at::kFloat).reshape({}).clone()
-                              : at::scalar_tensor(step.to_double(), at::TensorOptions().dtype(at::kFloat));
+    const std::string what = "the step of parameter " + std::to_string(i) + " in the optimizer state";
+    if (step.is_tensor() && step.to_tensor().numel() != 1) throw std::runtime_error(what + " is not one number");
+    const double steps =
+        step.is_tensor()
+            ? Value(step.to_tensor().to(at::kCPU, at::kDouble).item<double>()).to_double_in(0, kMaxStepCount, what)
+            : step.to_double_in(0, kMaxStepCount, what);
+    s.step = at::scalar_tensor(steps, at::TensorOptions().dtype(at::kFloat));
     s.exp_avg = restore_like(i, entry->at("exp_avg").to_tensor(), "exp_avg");
     s.exp_avg_sq = restore_like(i, entry->at("exp_avg_sq").to_tensor(), "exp_avg_sq");
     if (restored.amsgrad) {

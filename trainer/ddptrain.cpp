@@ -1,14 +1,16 @@
 // ddptrain: the per-rank trainer program. Starts the process group, parses the flags (all ranks agree on whether
 // they are valid), trains, and turns every failure into one line on stderr and a non-zero exit on every rank.
 //
-// Exit codes: 0 success (also a --stop-after-steps stop); 1 a failure during training (a checkpoint write, a
-// collective, one rank's error); 2 bad flags or config; 3 failed before training started (MPI, the launch, devices,
-// data, the checkpoint to resume); 75 preempted (a --preempt-signals signal), checkpoint saved: requeue and
-// --resume auto. ddprun restarts the job after 1 (--max-restarts), not after 2 or 3.
+// Exit codes (ddprun/launch_contract.h): 0 success (also a --stop-after-steps stop); 1 a failure during training (a
+// checkpoint write, a collective, one rank's error); 2 bad flags or config; 3 failed before training started (MPI,
+// the launch, devices, data, the output folder, the checkpoint to resume); 4 a NaN/inf loss stopped training; 75
+// preempted (a --preempt-signals signal), checkpoint saved: requeue and --resume auto. ddprun restarts the job after
+// 1 (--max-restarts), not after 2, 3 or 4.
 #include "comm/agreement.h"
 #include "comm/communicator.h"
 #include "comm/factory.h"
 #include "comm/launch_environment.h"
+#include "comm/ready_report.h"
 #include "trainer/host_memory.h"
 #include "trainer/options.h"
 #include "trainer/preemption.h"
@@ -65,7 +67,7 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ddptrain: error on rank %d: cannot start the process group: %s\n", launch.rank,
                  ddprun::comm::error_message(e).c_str());
-    return ddprun::trainer::kExitSetUpFailed;
+    return ddprun::kExitSetUpFailed;
   }
   const int rank = comm->rank();
   try {
@@ -74,8 +76,10 @@ int main(int argc, char** argv) {
     });
   } catch (const CollectiveFailure& failure) {
     report(rank, failure);
-    return 2;
+    return ddprun::kExitUsage;
   }
+  // Every rank has caught its preemption signals since before MPI started: ddprun may pass them on from now.
+  if (rank == 0) ddprun::comm::report_ranks_ready();
   if (parsed.help_requested) {
     if (rank == 0) std::printf("%s", parsed.help_text.c_str());
     return 0;
@@ -89,22 +93,25 @@ int main(int argc, char** argv) {
       comm = ddprun::comm::make_nccl_communicator(std::move(comm), comm_options);
     } catch (const CollectiveFailure& failure) {  // every rank knows it
       report(rank, failure);
-      return ddprun::trainer::kExitSetUpFailed;
+      return ddprun::kExitSetUpFailed;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "ddptrain: error on rank %d: %s\n", rank, ddprun::comm::error_message(e).c_str());
-      return ddprun::trainer::kExitSetUpFailed;
+      return ddprun::kExitSetUpFailed;
     }
   }
 
   try {
     if (ddprun::trainer::train(parsed.options, *comm, memory_policy) == ddprun::trainer::TrainOutcome::Preempted)
-      return ddprun::trainer::kExitPreempted;
+      return ddprun::kExitPreempted;
   } catch (const ddprun::trainer::SetUpFailure& failure) {
     report(rank, failure);
-    return ddprun::trainer::kExitSetUpFailed;
+    return ddprun::kExitSetUpFailed;
+  } catch (const ddprun::trainer::DivergedFailure& failure) {
+    report(rank, failure);
+    return ddprun::kExitDiverged;
   } catch (const CollectiveFailure& failure) {
     report(rank, failure);
-    return 1;
+    return ddprun::kExitFailure;
   } catch (const std::exception& e) {
     // Only this rank failed, in the middle of collectives the others are waiting in: end the whole job.
     std::fprintf(stderr, "ddptrain: error on rank %d: %s; aborting all ranks\n", rank,

@@ -1,14 +1,16 @@
 // Reads IDX files through zlib (which reads plain files too) and turns index lists into normalized batches.
 #include "trainer/idx_dataset.h"
 
-#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/index_select.h>
 #include <zlib.h>
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <array>
 #include <memory>
+#include <vector>
 
 namespace ddprun::trainer {
 namespace {
@@ -17,6 +19,10 @@ bool file_exists(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
+
+// What an IDX file may hold (Fashion-MNIST's training images: 47 MB), and the pieces it is read in.
+constexpr uint64_t kMaxIdxBytes = uint64_t{4} << 30;
+constexpr uint64_t kReadPieceBytes = uint64_t{16} << 20;
 
 uint32_t big_endian(const unsigned char* b) {
   return (uint32_t(b[0]) << 24) | (uint32_t(b[1]) << 16) | (uint32_t(b[2]) << 8) | uint32_t(b[3]);
@@ -57,18 +63,27 @@ at::Tensor read_idx_file(const std::string& requested, int expected_dims) {
     throw DataError("'" + path + "' is not an IDX file of unsigned bytes with " + std::to_string(expected_dims) +
                     " dimensions");
   std::vector<int64_t> shape(dims);
-  int64_t count = 1;
+  uint64_t count = 1;
   for (int d = 0; d < dims; ++d) {
     unsigned char b[4];
     read_exactly(b, 4, "header");
     shape[d] = big_endian(b);
-    count *= shape[d];
-    if (count > (int64_t{1} << 34))
-      throw DataError("'" + path + "' claims more than 16 GiB of data in its header; it is not an MNIST-style file");
+    if (__builtin_mul_overflow(count, static_cast<uint64_t>(shape[d]), &count) || count > kMaxIdxBytes)
+      throw DataError("'" + path + "' claims more than " + std::to_string(kMaxIdxBytes >> 30) +
+                      " GiB of data in its header; it is not an MNIST-style file");
   }
-  at::Tensor out = at::empty(shape, at::kByte);
-  read_exactly(out.data_ptr(), static_cast<size_t>(count), "data");
-  return out;
+  // The header is only a claim: memory grows with the bytes that really arrive, so a lying header costs nothing.
+  auto data = std::make_shared<std::vector<uint8_t>>();
+  data->reserve(static_cast<size_t>(std::min<uint64_t>(count, kReadPieceBytes)));
+  while (data->size() < count) {
+    const size_t piece = static_cast<size_t>(std::min<uint64_t>(count - data->size(), kReadPieceBytes));
+    const size_t at = data->size();
+    data->resize(at + piece);
+    read_exactly(data->data() + at, piece, "data");
+  }
+  uint8_t* bytes = data->data();
+  return at::from_blob(
+      bytes, shape, [data](void*) mutable { data.reset(); }, at::TensorOptions().dtype(at::kByte));
 }
 
 ImageDataset load_idx_dataset(const std::string& folder, Split split, int64_t limit) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 
 namespace ddprun::trainer {
@@ -63,8 +64,10 @@ class Scheduler : public LrSchedule {
       throw std::runtime_error("lr_scheduler state has " + std::to_string(base_lrs.size()) +
                                " base learning rates; ddptrain uses one parameter group");
     // Everything read before anything changes, so that a bad state leaves the schedule as it was.
-    const double base_lr = base_lrs[0].to_double(), last_lr = last_lrs[0].to_double();
-    const int64_t last_epoch = state.at("last_epoch").to_int(), step_count = state.at("_step_count").to_int();
+    const double base_lr = base_lrs[0].to_double_in(0, kMaxLearningRate, "lr_scheduler state's base_lrs[0]");
+    const double last_lr = last_lrs[0].to_double_in(0, kMaxLearningRate, "lr_scheduler state's _last_lr[0]");
+    const int64_t last_epoch = state.at("last_epoch").to_int_in(-1, kMaxEpochs, "lr_scheduler state's last_epoch");
+    const int64_t step_count = state.at("_step_count").to_int_in(0, kMaxEpochs + 1, "lr_scheduler state's _step_count");
     load_own(state);
     base_lr_ = base_lr;
     last_epoch_ = last_epoch;
@@ -129,9 +132,8 @@ class StepLr : public Scheduler {
   static int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
   Items own_state() const override { return {{"step_size", step_size_}, {"gamma", gamma_}}; }
   void load_own(const Value& state) override {
-    const int64_t step_size = state.at("step_size").to_int();
-    if (step_size < 1) throw std::runtime_error("lr_scheduler state has step_size < 1");
-    const double gamma = state.at("gamma").to_double();
+    const int64_t step_size = state.at("step_size").to_int_in(1, kMaxEpochs, "lr_scheduler state's step_size");
+    const double gamma = state.at("gamma").to_double_in(0, kMaxLearningRate, "lr_scheduler state's gamma");
     step_size_ = step_size;
     gamma_ = gamma;
   }
@@ -167,9 +169,8 @@ class CosineAnnealingLr : public Scheduler {
   static int64_t python_mod(int64_t a, int64_t b) { return ((a % b) + b) % b; }
   Items own_state() const override { return {{"T_max", t_max_}, {"eta_min", eta_min_}}; }
   void load_own(const Value& state) override {
-    const int64_t t_max = state.at("T_max").to_int();
-    if (t_max < 1) throw std::runtime_error("lr_scheduler state has T_max < 1");
-    const double eta_min = state.at("eta_min").to_double();
+    const int64_t t_max = state.at("T_max").to_int_in(1, kMaxEpochs, "lr_scheduler state's T_max");
+    const double eta_min = state.at("eta_min").to_double_in(0, kMaxLearningRate, "lr_scheduler state's eta_min");
     t_max_ = t_max;
     eta_min_ = eta_min;
   }
@@ -203,9 +204,12 @@ class LinearLr : public Scheduler {
     return {{"start_factor", start_}, {"end_factor", end_}, {"total_iters", total_iters_}};
   }
   void load_own(const Value& state) override {
-    const double start = state.at("start_factor").to_double(), end = state.at("end_factor").to_double();
-    const int64_t total_iters = state.at("total_iters").to_int();
-    if (total_iters < 1) throw std::runtime_error("lr_scheduler state has total_iters < 1");
+    // PyTorch's own bounds: 0 < start_factor <= 1, 0 <= end_factor <= 1.
+    const double start =
+        state.at("start_factor")
+            .to_double_in(std::numeric_limits<double>::denorm_min(), 1, "lr_scheduler state's start_factor");
+    const double end = state.at("end_factor").to_double_in(0, 1, "lr_scheduler state's end_factor");
+    const int64_t total_iters = state.at("total_iters").to_int_in(1, kMaxEpochs, "lr_scheduler state's total_iters");
     start_ = start;
     end_ = end;
     total_iters_ = total_iters;
@@ -233,8 +237,10 @@ class ConstantLr : public Scheduler {
   }
   Items own_state() const override { return {{"factor", factor_}, {"total_iters", total_iters_}}; }
   void load_own(const Value& state) override {
-    const double factor = state.at("factor").to_double();
-    const int64_t total_iters = state.at("total_iters").to_int();
+    // PyTorch's own bounds: 0 < factor <= 1 (it divides by the factor at the end of the warm-up).
+    const double factor =
+        state.at("factor").to_double_in(std::numeric_limits<double>::denorm_min(), 1, "lr_scheduler state's factor");
+    const int64_t total_iters = state.at("total_iters").to_int_in(0, kMaxEpochs, "lr_scheduler state's total_iters");
     factor_ = factor;
     total_iters_ = total_iters;
   }
@@ -290,14 +296,15 @@ class SequentialLr : public LrSchedule {
       throw std::runtime_error("lr_scheduler state chains " + std::to_string(saved->items().size()) +
                                " schedules, this run " + std::to_string(schedulers_.size()));
     std::vector<int64_t> milestones;
-    for (const Value& m : state.at("_milestones").items()) milestones.push_back(m.to_int());
+    for (const Value& m : state.at("_milestones").items())
+      milestones.push_back(m.to_int_in(0, kMaxEpochs, "a milestone in the lr_scheduler state"));
     if (milestones.size() + 1 != schedulers_.size())
       throw std::runtime_error("lr_scheduler state has " + std::to_string(milestones.size()) + " milestones for " +
                                std::to_string(schedulers_.size()) + " schedules");
-    const int64_t last_epoch = state.at("last_epoch").to_int();
+    const int64_t last_epoch = state.at("last_epoch").to_int_in(-1, kMaxEpochs, "lr_scheduler state's last_epoch");
     const auto& last_lrs = state.at("_last_lr").items();
     if (last_lrs.size() != 1) throw std::runtime_error("lr_scheduler state has no single _last_lr");
-    const double last_lr = last_lrs[0].to_double();
+    const double last_lr = last_lrs[0].to_double_in(0, kMaxLearningRate, "lr_scheduler state's _last_lr[0]");
     // All schedules or none: a later one refusing its state puts the earlier ones back.
     std::vector<Value> before;
     for (const auto& s : schedulers_) before.push_back(s->state_dict());

@@ -6,11 +6,16 @@
 #include "checkpoint/value.h"
 #include "trainer/optimizer.h"
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace ddprun::trainer {
+
+// The most epochs a run can have (--epochs is an int, and epoch + 1 must be one too): the range of every epoch count
+// read from a checkpoint (the "epoch" entry, a schedule's last_epoch, milestones).
+constexpr int64_t kMaxEpochs = INT32_MAX - 1;
 
 struct LrScheduleOptions {      // torchvision's flags and defaults
   std::string name = "steplr";  // steplr or cosineannealinglr

@@ -5,6 +5,8 @@
 #include "trainer/adamw.h"
 #include "trainer/sgd.h"
 
+#include <ATen/ops/isfinite.h>
+
 #include <stdexcept>
 
 namespace ddprun::trainer {
@@ -26,9 +28,11 @@ Value Optimizer::pack_state_dict(Value state, Value group) const {
 }
 
 void Optimizer::restore_lr(const Value& group) {
-  const double lr = group.at("lr").to_double();
+  const double lr = group.at("lr").to_double_in(0, kMaxLearningRate, "optimizer state's lr");
   const Value* initial = group.find("initial_lr");
-  initial_lr_ = initial ? std::optional<double>(initial->to_double()) : std::nullopt;
+  initial_lr_ = initial
+                    ? std::optional<double>(initial->to_double_in(0, kMaxLearningRate, "optimizer state's initial_lr"))
+                    : std::nullopt;
   lr_ = lr;
 }
 
@@ -55,9 +59,9 @@ const Value& Optimizer::load_group(const Value& saved, const char* optimizer_nam
 std::vector<std::pair<size_t, const Value*>> Optimizer::load_entries(const Value& saved) const {
   std::vector<std::pair<size_t, const Value*>> entries;
   for (const auto& [key, entry] : saved.at("state").entries()) {
-    const int64_t i = key.to_int();
-    if (i < 0 || i >= static_cast<int64_t>(params_.size()))
-      throw std::runtime_error("optimizer state names parameter " + std::to_string(i) + ", which does not exist");
+    const int64_t i = key.to_int_in(
+        0, static_cast<int64_t>(params_.size()) - 1,
+        "a parameter index in the optimizer state (the model has " + std::to_string(params_.size()) + " parameters)");
     entries.emplace_back(static_cast<size_t>(i), &entry);
   }
   return entries;
@@ -67,6 +71,9 @@ at::Tensor Optimizer::restore_like(size_t i, const at::Tensor& saved, const char
   if (!saved.sizes().equals(params_[i].sizes()))
     throw std::runtime_error(std::string("optimizer ") + what + " " + std::to_string(i) + " has shape " +
                              c10::str(saved.sizes()) + ", parameter has " + c10::str(params_[i].sizes()));
+  if (saved.is_floating_point() && !at::isfinite(saved).all().item<bool>())
+    throw std::runtime_error(std::string("optimizer ") + what + " " + std::to_string(i) +
+                             " holds NaN or inf values: the run that saved it had diverged");
   return saved.to(params_[i].options()).clone();
 }
 

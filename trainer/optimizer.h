@@ -54,6 +54,11 @@ class Optimizer {
   std::optional<double> initial_lr_;
 };
 
+// The ranges an optimizer's numbers can have, for flags and for states read from files (what they mean: a larger
+// learning rate diverges at the first step, a step count past 2^53 is not exact in the float Python keeps it in).
+constexpr double kMaxLearningRate = 1000;  // also the most weight decay and StepLR gamma
+constexpr int64_t kMaxStepCount = int64_t{1} << 53;
+
 struct OptimizerOptions {
   std::string name = "sgd";  // sgd, sgd_nesterov or adamw (torchvision's --opt)
   double lr = 0.05;

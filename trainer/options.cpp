@@ -3,6 +3,7 @@
 
 #include "checkpoint/torch_file.h"
 #include "comm/comm_options.h"
+#include "common/small_file.h"
 #include "trainer/lr_scheduler.h"
 #include "trainer/optimizer.h"
 #include "trainer/preemption.h"
@@ -10,7 +11,7 @@
 #include <boost/program_options.hpp>
 
 #include <algorithm>
-#include <fstream>
+#include <cmath>
 #include <sstream>
 
 namespace po = boost::program_options;
@@ -76,7 +77,10 @@ po::options_description describe(TrainOptions& o) {
      "next save, and the end of the run, wait for the write to land")
     ("on-save-error", po::value(&o.on_save_error)->default_value(o.on_save_error),
      "when a checkpoint cannot be written (disk full, permissions): stop the job, or continue with a warning (the "
-     "previous checkpoint stays intact either way)")
+     "previous checkpoint stays intact either way; a run that never saved one ends with exit code 1)")
+    ("nan-policy", po::value(&o.nan_policy)->default_value(o.nan_policy),
+     "when the loss is NaN or inf on any rank: stop (every rank stops before that step's update, exit code 4; the last "
+     "checkpoint is kept) or skip-step (every rank skips that step's update and trains on; 10 in a row stop the run)")
     ("map-location", po::value(&o.map_location),
      "where loaded storages go, by the device they were saved from, as in torch.load: FROM=TO[,FROM=TO...] "
      "(e.g. cuda:1=cuda:0); the others go to the rank's own device")
@@ -169,8 +173,13 @@ ParseResult parse_options(int argc, const char* const argv[]) {
     }
     if (vm.count("config")) {
       const std::string path = vm["config"].as<std::string>();
-      std::ifstream file(path);
-      if (!file) throw UsageError("--config '" + path + "' cannot be opened; check the path");
+      std::string text;
+      try {
+        text = read_small_file(path, kMaxConfigBytes, "--config");
+      } catch (const std::invalid_argument& e) {
+        throw UsageError(e.what());
+      }
+      std::istringstream file(text);
       const auto from_file = po::parse_config_file(file, desc);
       po::store(from_file, config);
       po::store(from_file, vm);
@@ -193,19 +202,35 @@ ParseResult parse_options(int argc, const char* const argv[]) {
     }
   }
 
+  // Every floating-point flag: NaN and inf are refused whatever its range (a NaN passes no comparison below, but an
+  // inf passes "must be positive", and --lr inf trained to a NaN loss and exited 0).
+  for (const auto& [flag, value] : {std::pair<const char*, double>{"lr", o.lr},
+                                    {"momentum", o.momentum},
+                                    {"weight-decay", o.weight_decay},
+                                    {"lr-gamma", o.lr_gamma},
+                                    {"lr-min", o.lr_min},
+                                    {"lr-warmup-decay", o.lr_warmup_decay},
+                                    {"comm-timeout", o.comm_timeout},
+                                    {"bucket-cap-mb", o.bucket_cap_mb}}) {
+    require(std::isfinite(value), flag, value, "must be a finite number");
+  }
   require_one_of("model", o.model, known_models(), "model");
   require_one_of("opt", o.opt, known_optimizers(), "optimizer");
   require_one_of("lr-scheduler", o.lr_scheduler, known_lr_schedulers(), "learning-rate scheduler");
   require_one_of("lr-warmup-method", o.lr_warmup_method, known_warmup_methods(), "warm-up method");
   require(o.epochs >= 1, "epochs", o.epochs, "must be at least 1");
   require(o.batch_size >= 1, "batch-size", o.batch_size, "must be at least 1");
-  require(o.lr > 0, "lr", o.lr, "must be positive");
+  // A learning rate above kMaxLearningRate diverges at the first step whatever the model (and 1e308 does not even fit
+  // the float32 weights it multiplies).
+  require(o.lr > 0 && o.lr <= kMaxLearningRate, "lr", o.lr, "must be positive and at most 1000");
   require(o.momentum >= 0 && o.momentum < 1, "momentum", o.momentum, "must be in [0, 1)");
   if (o.opt == "sgd_nesterov") require(o.momentum > 0, "momentum", o.momentum, "must be positive for sgd_nesterov");
-  require(o.weight_decay >= 0, "weight-decay", o.weight_decay, "must not be negative");
+  require(o.weight_decay >= 0 && o.weight_decay <= kMaxLearningRate, "weight-decay", o.weight_decay,
+          "must be from 0 to 1000");
   require(o.lr_step_size >= 1, "lr-step-size", o.lr_step_size, "must be at least 1");
-  require(o.lr_gamma > 0, "lr-gamma", o.lr_gamma, "must be positive");
-  require(o.lr_min >= 0, "lr-min", o.lr_min, "must not be negative");
+  require(o.lr_gamma > 0 && o.lr_gamma <= kMaxLearningRate, "lr-gamma", o.lr_gamma,
+          "must be positive and at most 1000");
+  require(o.lr_min >= 0 && o.lr_min <= kMaxLearningRate, "lr-min", o.lr_min, "must be from 0 to 1000");
   require(o.lr_warmup_epochs >= 0, "lr-warmup-epochs", o.lr_warmup_epochs, "must not be negative");
   require(o.lr_warmup_decay > 0 && o.lr_warmup_decay <= 1, "lr-warmup-decay", o.lr_warmup_decay, "must be in (0, 1]");
   if (o.lr_scheduler == "cosineannealinglr" && o.lr_warmup_epochs >= o.epochs)
@@ -228,6 +253,7 @@ ParseResult parse_options(int argc, const char* const argv[]) {
     throw UsageError(std::string("--preempt-signals: ") + e.what());
   }
   require_one_of("on-save-error", o.on_save_error, {"stop", "continue"}, "choice");
+  require_one_of("nan-policy", o.nan_policy, {"stop", "skip-step"}, "choice");
   if (!o.map_location.empty()) {
     try {
       checkpoint::MapLocation::parse(o.map_location, c10::Device(c10::kCPU));
@@ -239,7 +265,7 @@ ParseResult parse_options(int argc, const char* const argv[]) {
   require(o.start_epoch >= 0, "start-epoch", o.start_epoch, "must not be negative");
   require(o.train_limit >= 0, "train-limit", o.train_limit, "must not be negative (0 means all)");
   require(o.test_limit >= 0, "test-limit", o.test_limit, "must not be negative (0 means all)");
-  require(o.threads >= 0, "threads", o.threads, "must not be negative (0 means automatic)");
+  require(o.threads >= 0 && o.threads <= 1024, "threads", o.threads, "must be from 0 (automatic) to 1024");
   if (o.backend != "auto" && o.backend != "mpi" && o.backend != "nccl")
     throw UsageError("--backend '" + o.backend + "' is not a backend; choose auto, mpi or nccl");
   require_one_of("grad-sync", o.grad_sync, {"ddp", "per-param"}, "gradient synchronization");
@@ -247,10 +273,12 @@ ParseResult parse_options(int argc, const char* const argv[]) {
     throw UsageError(
         "--grad-sync per-param all-reduces full-precision gradients, zeros for unused parameters; drop "
         "--grad-compression and --find-unused-parameters, or use --grad-sync ddp");
-  require(o.bucket_cap_mb > 0, "bucket-cap-mb", o.bucket_cap_mb, "must be positive");
+  require(o.bucket_cap_mb > 0 && o.bucket_cap_mb <= 65536, "bucket-cap-mb", o.bucket_cap_mb,
+          "must be positive and at most 65536 (64 GiB)");
   if (o.grad_compression != "none" && o.grad_compression != "fp16" && o.grad_compression != "bf16")
     throw UsageError("--grad-compression '" + o.grad_compression + "' is not known; choose none, fp16 or bf16");
-  require(o.comm_timeout >= 0, "comm-timeout", o.comm_timeout, "must not be negative (0 means no limit)");
+  require(o.comm_timeout >= 0 && o.comm_timeout <= comm::kMaxTimeoutSeconds, "comm-timeout", o.comm_timeout,
+          "must be from 0 (no limit) to 604800 (a week)");
   if (o.output_dir.empty()) throw UsageError("--output-dir is empty; give a folder for checkpoints and metrics");
   return result;
 }

@@ -2,6 +2,7 @@
 // optionally an INI file (--config), where flags win.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -31,6 +32,7 @@ struct TrainOptions {
   int save_every_steps = 0;            // also write checkpoint.pth every K steps within an epoch; 0: only per epoch
   bool async_save = false;             // rank 0 writes checkpoints from a background thread
   std::string on_save_error = "stop";  // stop or continue when a checkpoint cannot be written
+  std::string nan_policy = "stop";     // a NaN/inf loss: stop (exit 4) or skip-step (skip that step's update)
   std::string map_location;            // FROM=TO[,FROM=TO...] for loaded storages; others go to the rank's device
   bool resume_broadcast = false;       // rank 0 reads the --resume file and broadcasts it
   int stop_after_steps = 0;            // train this many steps in this run, save and exit; 0: train to the end
@@ -64,7 +66,11 @@ struct ParseResult {
   std::string help_text;
 };
 
-// Throws UsageError for unknown flags, malformed values, values out of range and unreadable --config files.
+// The largest --config file read (it is a list of name = value lines).
+constexpr size_t kMaxConfigBytes = size_t{1} << 20;
+
+// Throws UsageError for unknown flags, malformed values, values out of range (NaN and inf included) and --config
+// paths that are not a readable regular file of at most kMaxConfigBytes.
 ParseResult parse_options(int argc, const char* const argv[]);
 
 // The model names --model accepts.

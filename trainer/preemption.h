@@ -1,15 +1,12 @@
 // Preemption: the signals that ask a job to stop and come back later (Slurm's --signal, a scheduler's SIGUSR1),
 // recorded by an async-signal-safe handler; the trainer has all ranks agree on them at each step boundary, so that
-// every rank stops after the same step, rank 0 saves, and all exit with kExitPreempted.
+// every rank stops after the same step, rank 0 saves, and all exit with kExitPreempted (launch_contract.h).
 #pragma once
 
 #include <string>
 #include <vector>
 
 namespace ddprun::trainer {
-
-// The exit code of a run that was preempted and saved its checkpoint: requeue it (EX_TEMPFAIL).
-constexpr int kExitPreempted = 75;
 
 // "USR1,USR2", with or without "SIG", any case; "none" is empty. Throws std::invalid_argument naming what it cannot
 // read; SIGKILL and SIGSTOP cannot be caught and are refused.

@@ -6,6 +6,7 @@
 #include <ATen/ops/empty.h>
 
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <stdexcept>
 
@@ -109,8 +110,9 @@ RankState from_value(const checkpoint::Value& value) {
   if (!device.is_none()) s.device_rng = device.to_tensor().cpu();
   if (s.cpu_rng.scalar_type() != at::kByte || s.cpu_rng.dim() != 1)
     throw std::runtime_error("a rank's cpu_rng_state is not a 1-D uint8 tensor");
-  s.loss_sum = value.at("train_loss_sum").to_double();
-  s.samples = value.at("train_samples").to_int();
+  s.loss_sum =
+      value.at("train_loss_sum").to_double_in(0, std::numeric_limits<double>::max(), "a rank's train_loss_sum");
+  s.samples = value.at("train_samples").to_int_in(0, int64_t{1} << 40, "a rank's train_samples");
   return s;
 }
 

@@ -66,9 +66,9 @@ void Sgd::load_state_dict(const Value& saved) {
                              (options_.nesterov ? "plain SGD's" : "Nesterov SGD's") + "; resume with --opt " +
                              (options_.nesterov ? "sgd" : "sgd_nesterov"));
   SgdOptions restored;
-  restored.momentum = group.at("momentum").to_double();
-  restored.dampening = group.at("dampening").to_double();
-  restored.weight_decay = group.at("weight_decay").to_double();
+  restored.momentum = group.at("momentum").to_double_in(0, 1, "optimizer state's momentum");
+  restored.dampening = group.at("dampening").to_double_in(0, 1, "optimizer state's dampening");
+  restored.weight_decay = group.at("weight_decay").to_double_in(0, kMaxLearningRate, "optimizer state's weight_decay");
   restored.nesterov = group.at("nesterov").to_bool();
 
   std::vector<at::Tensor> buffers(params_.size());

@@ -5,6 +5,7 @@
 #include "trainer/trainer.h"
 
 #include "checkpoint/async_saver.h"
+#include "checkpoint/atomic_file.h"
 #include "checkpoint/checkpoint_folder.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
@@ -28,18 +29,22 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/nll_loss.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/cuda.h>
 #include <torch/utils.h>
 
+#include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -56,6 +61,10 @@ using Clock = std::chrono::steady_clock;
 
 // The layout of the "ddprun" entry; a checkpoint from a newer layout is refused rather than misread.
 constexpr int64_t kCheckpointFormat = 1;
+// --nan-policy skip-step: this many skipped steps in a row mean the run has diverged.
+constexpr int kMaxSkippedSteps = 10;
+// The largest world a checkpoint can come from.
+constexpr int64_t kMaxWorldSize = int64_t{1} << 20;
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
@@ -96,24 +105,27 @@ std::string launch_text(const comm::LaunchEnvironment& launch) {
   return text;
 }
 
+// The shortest text that reads back as the same double.
+std::string exact_text(double value) {
+  char text[32];
+  return std::string(text, std::to_chars(text, text + sizeof text, value).ptr);
+}
+
 // What must be the same on every rank for the collectives to line up, one "name value" per line.
 std::string run_fingerprint(const TrainOptions& o, int64_t train_size, int64_t test_size) {
-  auto exact = [](double value) {  // the shortest text that reads back as the same double
-    char text[32];
-    return std::string(text, std::to_chars(text, text + sizeof text, value).ptr);
-  };
   std::ostringstream out;
-  out << "model " << o.model << "\nepochs " << o.epochs << "\nbatch-size " << o.batch_size << "\nlr " << exact(o.lr)
-      << "\nopt " << o.opt << "\nmomentum " << exact(o.momentum) << "\nweight-decay " << exact(o.weight_decay)
-      << "\nlr-scheduler " << o.lr_scheduler << "\nlr-step-size " << o.lr_step_size << "\nlr-gamma "
-      << exact(o.lr_gamma) << "\nlr-min " << exact(o.lr_min) << "\nlr-warmup-epochs " << o.lr_warmup_epochs
-      << "\nlr-warmup-method " << o.lr_warmup_method << "\nlr-warmup-decay " << exact(o.lr_warmup_decay) << "\nseed "
-      << o.seed << "\nstart-epoch " << o.start_epoch << "\nresume " << o.resume << "\nresume-broadcast "
-      << o.resume_broadcast << "\nsave-every-steps " << o.save_every_steps << "\nasync-save " << o.async_save
-      << "\non-save-error " << o.on_save_error << "\npreempt-signals " << o.preempt_signals << "\nbackend " << o.backend
-      << "\ngrad-sync " << o.grad_sync << "\nbucket-cap-mb " << exact(o.bucket_cap_mb) << "\naccum-steps "
-      << o.accum_steps << "\nfind-unused-parameters " << o.find_unused_parameters << "\ngrad-compression "
-      << o.grad_compression << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
+  out << "model " << o.model << "\nepochs " << o.epochs << "\nbatch-size " << o.batch_size << "\nlr "
+      << exact_text(o.lr) << "\nopt " << o.opt << "\nmomentum " << exact_text(o.momentum) << "\nweight-decay "
+      << exact_text(o.weight_decay) << "\nlr-scheduler " << o.lr_scheduler << "\nlr-step-size " << o.lr_step_size
+      << "\nlr-gamma " << exact_text(o.lr_gamma) << "\nlr-min " << exact_text(o.lr_min) << "\nlr-warmup-epochs "
+      << o.lr_warmup_epochs << "\nlr-warmup-method " << o.lr_warmup_method << "\nlr-warmup-decay "
+      << exact_text(o.lr_warmup_decay) << "\nseed " << o.seed << "\nstart-epoch " << o.start_epoch << "\nresume "
+      << o.resume << "\nresume-broadcast " << o.resume_broadcast << "\nsave-every-steps " << o.save_every_steps
+      << "\nasync-save " << o.async_save << "\non-save-error " << o.on_save_error << "\nnan-policy " << o.nan_policy
+      << "\npreempt-signals " << o.preempt_signals << "\nbackend " << o.backend << "\ngrad-sync " << o.grad_sync
+      << "\nbucket-cap-mb " << exact_text(o.bucket_cap_mb) << "\naccum-steps " << o.accum_steps
+      << "\nfind-unused-parameters " << o.find_unused_parameters << "\ngrad-compression " << o.grad_compression
+      << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
   return out.str();
 }
 
@@ -147,6 +159,7 @@ Value args_dict(const TrainOptions& o) {
                       {"save_every_steps", o.save_every_steps},
                       {"async_save", o.async_save},
                       {"on_save_error", o.on_save_error},
+                      {"nan_policy", o.nan_policy},
                       {"preempt_signals", o.preempt_signals},
                       {"start_epoch", o.start_epoch},
                       {"seed", o.seed},
@@ -195,7 +208,7 @@ class Run {
       save_checkpoint(epoch, 0, &m);
       // A signal during evaluation (or the save) stops the run here, at the epoch's end; after the last epoch there
       // is nothing left to stop.
-      if (!stop_requested_ && epoch + 1 < o_.epochs && preemption_agreed()) {
+      if (!stop_requested_ && epoch + 1 < o_.epochs && (preempted_by_ = agree_at_boundary(false).signal) != 0) {
         stop_requested_ = true;
         stopped_at_epoch_ = epoch;
         stopped_at_step_ = epoch_steps_;
@@ -205,6 +218,7 @@ class Run {
     // The last write must land before the job reports success (with --async-save it may still be going).
     comm::run_on_all_ranks(comm_, [&] {
       if (async_saver_) finish_async_save();
+      require_a_checkpoint();
     });
     const bool completed = stopped_at_epoch_ == o_.epochs - 1 && stopped_at_step_ == epoch_steps_;
     if (preempted_by_ != 0 && completed) {
@@ -216,10 +230,12 @@ class Run {
     if (preempted_by_ != 0) {
       if (rank0_) {
         std::printf(
-            "ddptrain: preempted by %s: every rank stopped after epoch %d step %lld; checkpoint saved in %s; "
-            "exit code %d asks for a requeue; continue with --resume auto\n",
+            "ddptrain: preempted by %s: every rank stopped after epoch %d step %lld; %s in %s; exit code %d asks for "
+            "a requeue; continue with --resume auto\n",
             signal_name(preempted_by_).c_str(), stopped_at_epoch_, static_cast<long long>(stopped_at_step_),
-            o_.output_dir.c_str(), kExitPreempted);
+            last_save_failed_ ? "its checkpoint could not be written (see above): it continues from the previous one"
+                              : "checkpoint saved",
+            o_.output_dir.c_str(), ddprun::kExitPreempted);
         std::fflush(stdout);
       }
       return TrainOutcome::Preempted;
@@ -262,7 +278,13 @@ class Run {
 
     // Checkpoints go here after the first epoch: find out now, not after an epoch of training, if they cannot.
     comm::run_on_all_ranks(comm_, [&] {
-      if (rank0_) create_output_dir();
+      if (!rank0_) return;
+      create_output_dir();
+      check_output_dir_writable();
+      have_checkpoint_ = checkpoint_on_disk();
+      for (const checkpoint::StaleTemporary& stale : checkpoint::remove_stale_temporaries(o_.output_dir))
+        std::printf("ddptrain: removed %s (%.1f MB), a checkpoint write whose writer is gone (killed mid-write)\n",
+                    stale.path.c_str(), static_cast<double>(stale.bytes) / 1e6);
     });
     comm::run_on_all_ranks(comm_, [&] {
       try {
@@ -344,6 +366,19 @@ class Run {
     if (ec) throw std::runtime_error("cannot create --output-dir '" + o_.output_dir + "': " + ec.message());
   }
 
+  // A folder checkpoints cannot be written to is found now, not after the first epoch (when the failure would also
+  // look worth a restart).
+  void check_output_dir_writable() const {
+    const std::string probe = checkpoint::AtomicFile::temporary_path(o_.output_dir + "/.ddptrain-write-check");
+    const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    const int err = errno;
+    if (fd < 0)
+      throw std::runtime_error("--output-dir '" + o_.output_dir + "' is not writable (" + std::strerror(err) +
+                               "); checkpoints and metrics go there: give a folder this user can write");
+    ::close(fd);
+    ::unlink(probe.c_str());
+  }
+
   // --resume PATH, or --resume auto: the newest checkpoint in --output-dir that every rank can load
   // (checkpoint.pth, then model_<epoch>.pth from the highest epoch down), with a warning naming each newer file that
   // failed and why; with none there yet, training starts from the beginning.
@@ -392,9 +427,12 @@ class Run {
                                      "' entry (expected model, optimizer, lr_scheduler, epoch)");
         }
         checkpoint::load_module_state_dict(*model_, saved.at("model"));
+        refuse_non_finite_model();
         optimizer_->load_state_dict(saved.at("optimizer"));
         scheduler_->load_state_dict(saved.at("lr_scheduler"));
-        start_epoch_ = static_cast<int>(saved.at("epoch").to_int()) + 1;
+        start_epoch_ =
+            static_cast<int>(saved.at("epoch").to_int_in(-1, kMaxEpochs - 1, "its 'epoch' (the last finished one)")) +
+            1;
         load_resume_position(saved);
       } catch (const checkpoint::CheckpointError& e) {
         throw std::runtime_error(e.what());
@@ -402,6 +440,19 @@ class Run {
         throw std::runtime_error(where + e.what());
       }
     });
+  }
+
+  // The weights and buffers of a checkpoint whose run had diverged are refused (--resume auto then tries the next
+  // older file), rather than training on from NaN.
+  void refuse_non_finite_model() const {
+    auto check = [](const std::string& name, const at::Tensor& t) {
+      if (t.is_floating_point() && !at::isfinite(t).all().item<bool>())
+        throw std::runtime_error("its model entry '" + name +
+                                 "' holds NaN or inf values: the run that saved it had diverged; resume from an "
+                                 "earlier checkpoint");
+    };
+    for (const auto& item : model_->named_parameters()) check(item.key(), item.value());
+    for (const auto& item : model_->named_buffers()) check(item.key(), item.value());
   }
 
   // Rank 0 reads `path` whole, straight into the buffer it broadcasts; every rank gets its bytes (in pieces of at
@@ -442,33 +493,48 @@ class Run {
     resume_rank_state_.reset();
     const Value* extra = saved.find("ddprun");
     if (extra == nullptr) return;
-    const int64_t format = extra->at("format_version").to_int();
+    // Every number is read with the range it can have: a file with epoch 2^32, a negative sampler position or a
+    // world of 0 is refused, not trained from (before, they gave epoch 1, extra steps, or a silent wrong step).
+    const int64_t format = extra->at("format_version").to_int_in(1, INT64_MAX, "its format_version");
     if (format > kCheckpointFormat)
       throw std::runtime_error("was written by a newer ddprun (checkpoint format " + std::to_string(format) +
                                ", this one reads up to " + std::to_string(kCheckpointFormat) + "); update ddptrain");
-    const int64_t world = extra->at("world_size").to_int(), batch = extra->at("batch_size").to_int();
+    const int64_t world = extra->at("world_size").to_int_in(1, kMaxWorldSize, "its world_size");
+    const int64_t batch = extra->at("batch_size").to_int_in(1, INT32_MAX, "its batch_size");
     const Value& sampler = extra->at("sampler");
-    const int64_t position = sampler.at("position").to_int();  // samples per rank already trained in the epoch
-    if (sampler.at("epoch").to_int() != start_epoch_)
-      throw std::runtime_error("is inconsistent: its sampler is at epoch " +
-                               std::to_string(sampler.at("epoch").to_int()) + " but its 'epoch' entry says " +
-                               std::to_string(start_epoch_ - 1) + " was the last");
+    const int64_t sampler_epoch = sampler.at("epoch").to_int_in(0, kMaxEpochs, "its sampler's epoch");
+    if (sampler_epoch != start_epoch_)
+      throw std::runtime_error("is inconsistent: its sampler is at epoch " + std::to_string(sampler_epoch) +
+                               " but its 'epoch' entry says " + std::to_string(start_epoch_ - 1) + " was the last");
+    // Samples per rank already trained in the epoch: at most a rank's share of the epoch in the run that saved it
+    // (the sampler pads the data to a multiple of the world size).
+    const int64_t per_rank = (train_data_.size() + world - 1) / world;
+    const int64_t position =
+        sampler.at("position")
+            .to_int_in(0, per_rank,
+                       "its sampler's position (samples each of its " + std::to_string(world) + " ranks trained)");
+    const int64_t step = extra->at("step_in_epoch").to_int_in(0, (per_rank + batch - 1) / batch, "its step_in_epoch");
+    if (position != step * batch)
+      throw std::runtime_error("is inconsistent: its sampler's position " + std::to_string(position) + " is not " +
+                               "its step_in_epoch " + std::to_string(step) + " times its batch_size " +
+                               std::to_string(batch));
+    const int64_t seed = sampler.at("seed").to_int_in(0, INT64_MAX, "its sampler's seed");
     const Value& ranks = extra->at("rank_states");
+    if (static_cast<int64_t>(ranks.items().size()) != world)
+      throw std::runtime_error("holds " + std::to_string(ranks.items().size()) + " rank states for " +
+                               std::to_string(world) + " ranks");
     if (world == comm_.size() && batch == o_.batch_size) {
-      resume_step_ = static_cast<int>(position / o_.batch_size);
-      if (static_cast<int64_t>(ranks.items().size()) != world)
-        throw std::runtime_error("holds " + std::to_string(ranks.items().size()) + " rank states for " +
-                                 std::to_string(world) + " ranks");
+      resume_step_ = static_cast<int>(step);
       resume_rank_state_ = from_value(ranks.items()[static_cast<size_t>(comm_.rank())]);
-      if (sampler.at("seed").to_int() != o_.seed && rank0_)
+      if (seed != o_.seed && rank0_)
         std::fprintf(stderr,
                      "ddptrain: warning: the checkpoint's data order was drawn with --seed %lld, this run has %lld: "
                      "the rest of the epoch sees a different order\n",
-                     static_cast<long long>(sampler.at("seed").to_int()), static_cast<long long>(o_.seed));
+                     static_cast<long long>(seed), static_cast<long long>(o_.seed));
       return;
     }
     // The same number of samples seen across all ranks, in whole steps of this run.
-    resume_step_ = static_cast<int>(position * world / (o_.batch_size * comm_.size()));
+    resume_step_ = static_cast<int>(position * world / (int64_t{o_.batch_size} * comm_.size()));
     if (rank0_)
       std::printf(
           "ddptrain: the checkpoint was written by %lld rank(s) with --batch-size %lld; this run has %d with %d: the "
@@ -526,26 +592,44 @@ class Run {
       }
       const auto backward_end = Clock::now();
       if (steps_now && !ddp_) average_gradients_per_parameter();
+      const double loss_value = loss.item<double>();
+      window_non_finite_ = window_non_finite_ || !std::isfinite(loss_value);
+      faults_.after_step(epoch, step + 1);
+      // A step boundary: before the update, the ranks agree on what any of them saw (one small all-reduce): a NaN or
+      // inf loss (the update would poison every rank's weights) and a preemption signal (acted on after the update).
+      StepAgreement agreed;
+      bool update = steps_now;
+      if (steps_now) {
+        agreed = agree_at_boundary(window_non_finite_);
+        window_non_finite_ = false;
+        if (agreed.non_finite_rank >= 0) {
+          update = false;
+          on_non_finite_loss(agreed.non_finite_rank, epoch, step);
+        } else {
+          non_finite_in_a_row_ = 0;
+        }
+      }
       const auto step_start = Clock::now();
-      if (steps_now) optimizer_->step();
+      if (update) optimizer_->step();
       if (timeline_.enabled()) {
         const std::string where = "\"epoch\": " + std::to_string(epoch) + ", \"step\": " + std::to_string(step);
         timeline_.span("forward", Timeline::kCompute, forward_start, backward_start, where);
         timeline_.span("backward", Timeline::kCompute, backward_start, backward_end, where);
         if (steps_now && !ddp_)  // --grad-sync per-param: its all-reduces, after backward
           timeline_.span("all-reduce per parameter", Timeline::kAllReduce, backward_end, step_start, where);
-        if (steps_now) timeline_.span("optimizer step", Timeline::kCompute, step_start, Clock::now(), where);
+        if (update) timeline_.span("optimizer step", Timeline::kCompute, step_start, Clock::now(), where);
       }
-      epoch_loss_sum_ += loss.item<double>() * static_cast<double>(indices.size(0));
-      epoch_samples_ += indices.size(0);
-      progress.update(epoch, step, steps, epoch_loss_sum_ / static_cast<double>(epoch_samples_),
+      if (std::isfinite(loss_value)) {  // a skipped step's loss stays out of the epoch's mean
+        epoch_loss_sum_ += loss_value * static_cast<double>(indices.size(0));
+        epoch_samples_ += indices.size(0);
+      }
+      progress.update(epoch, step, steps, epoch_loss_sum_ / static_cast<double>(std::max<int64_t>(epoch_samples_, 1)),
                       static_cast<double>((epoch_samples_ - samples_before) * comm_.size()) / seconds_since(start));
       // --stop-after-steps N: this run's N-th step is its last (at the epoch's end, the epoch finishes as usual).
       ++steps_run_;
-      faults_.after_step(epoch, step + 1);
-      // A step boundary: stop here if --stop-after-steps is reached or a preemption signal reached any rank ("|",
-      // not "||": every rank joins the preemption all-reduce at every boundary).
-      if (steps_now && ((o_.stop_after_steps > 0 && steps_run_ >= o_.stop_after_steps) | preemption_agreed())) {
+      // Stop here if --stop-after-steps is reached or a preemption signal reached any rank.
+      if (steps_now && ((o_.stop_after_steps > 0 && steps_run_ >= o_.stop_after_steps) || agreed.signal != 0)) {
+        if (agreed.signal != 0) preempted_by_ = agreed.signal;
         stop_requested_ = true;
         stopped_at_epoch_ = epoch;
         stopped_at_step_ = step + 1;
@@ -575,14 +659,44 @@ class Run {
     m.images_per_sec = totals[2].item<double>() / slowest[0].item<double>();
   }
 
-  // Whether a preemption signal reached any rank: an all-reduce (max) of each rank's signal number, so that all ranks
-  // decide alike at the same step. One small collective per optimizer step, skipped with --preempt-signals none.
-  bool preemption_agreed() {
-    if (!watch_preemption_) return false;
-    preemption_flag_.data_ptr<int32_t>()[0] = preemption_signal();
-    comm_.allreduce(preemption_flag_, comm::ReduceOp::Max)->wait();
-    preempted_by_ = preemption_flag_.data_ptr<int32_t>()[0];
-    return preempted_by_ != 0;
+  // What the ranks agree on at a step boundary: one all-reduce (max) of [the preemption signal this rank got, 1 +
+  // this rank if its loss was not finite], so that every rank decides alike at the same step.
+  struct StepAgreement {
+    int signal = 0;            // the signal any rank got (the highest number), or 0
+    int non_finite_rank = -1;  // the highest rank whose loss was NaN or inf, or -1
+  };
+  StepAgreement agree_at_boundary(bool non_finite_loss) {
+    int32_t* flags = boundary_flags_.data_ptr<int32_t>();
+    flags[0] = watch_preemption_ ? preemption_signal() : 0;
+    flags[1] = non_finite_loss ? comm_.rank() + 1 : 0;
+    comm_.allreduce(boundary_flags_, comm::ReduceOp::Max)->wait();
+    return {flags[0], flags[1] - 1};
+  }
+
+  // --nan-policy: stop every rank before the update (the last checkpoint stays as it is), or skip the update and go
+  // on, up to kMaxSkippedSteps in a row. Runs on every rank alike.
+  void on_non_finite_loss(int rank, int epoch, int64_t step) {
+    const std::string where = "the loss was NaN or inf on rank " + std::to_string(rank) + " at epoch " +
+                              std::to_string(epoch) + " step " + std::to_string(step);
+    if (o_.nan_policy == "skip-step") {
+      optimizer_->zero_grad();
+      if (++non_finite_in_a_row_ < kMaxSkippedSteps) {
+        if (rank0_) {
+          std::fprintf(stderr,
+                       "ddptrain: warning: %s; every rank skipped that step's update (--nan-policy skip-step)\n",
+                       where.c_str());
+          std::fflush(stderr);
+        }
+        return;
+      }
+      throw DivergedFailure(rank, where + ", the " + std::to_string(kMaxSkippedSteps) +
+                                      "th step in a row: training has diverged; every rank stopped (" +
+                                      (have_checkpoint_ ? "the last checkpoint is kept" : "no checkpoint yet") +
+                                      "); lower --lr");
+    }
+    const std::string kept = have_checkpoint_ ? "the last checkpoint is kept" : "no checkpoint was written yet";
+    throw DivergedFailure(rank, where + ": every rank stopped before that step's update; " + kept + " (--lr " +
+                                    exact_text(o_.lr) + "); lower --lr, or use --nan-policy skip-step");
   }
 
   // --grad-sync per-param: pytorch/examples' cpp/distributed baseline once backward has finished: one all-reduce (sum)
@@ -670,7 +784,9 @@ class Run {
   // Rank 0: saves (or, with --async-save, snapshots and queues) `object` to `paths`; a write error stops the job or,
   // with --on-save-error continue, is a warning.
   void write_checkpoint(const Value& object, const std::vector<std::string>& paths, bool per_epoch) {
-    auto after_saved = [this, per_epoch] {
+    auto after_saved = [this, per_epoch] {  // on the saver's thread with --async-save
+      have_checkpoint_ = true;
+      last_save_failed_ = false;
       if (per_epoch) folder_.keep_last(o_.keep_last, "ddptrain");
     };
     if (async_saver_) {
@@ -694,18 +810,40 @@ class Run {
     }
   }
 
-  void report_save_error(const checkpoint::CheckpointError& e) const {
+  // Rank 0: whether the folder holds a checkpoint file (checkpoint.pth or model_<epoch>.pth), from this run or before.
+  bool checkpoint_on_disk() const {
+    for (const std::string& path : folder_.newest_first()) {
+      std::error_code ec;
+      if (std::filesystem::is_regular_file(path, ec)) return true;
+    }
+    return false;
+  }
+
+  void report_save_error(const checkpoint::CheckpointError& e) {
+    last_save_failed_ = true;
+    have_checkpoint_ = have_checkpoint_ || checkpoint_on_disk();  // save_as keeps the files it committed
+    const std::string previous = have_checkpoint_ ? "the previous checkpoint is intact" : "there is no checkpoint yet";
     if (o_.on_save_error == "continue") {
       std::fprintf(stderr,
-                   "ddptrain: warning: %s; training continues without this checkpoint (--on-save-error continue); "
-                   "the previous one is intact\n",
-                   e.what());
+                   "ddptrain: warning: %s; training continues without this checkpoint (--on-save-error "
+                   "continue); %s\n",
+                   e.what(), previous.c_str());
       std::fflush(stderr);
       return;
     }
-    throw std::runtime_error(std::string(e.what()) +
-                             "; the previous checkpoint is intact: fix the disk or folder and resume with --resume "
-                             "auto (--on-save-error continue trains on without saving)");
+    throw std::runtime_error(std::string(e.what()) + "; " + previous +
+                             ": fix the disk or folder and resume with --resume auto (--on-save-error continue trains "
+                             "on without saving)");
+  }
+
+  // --on-save-error continue: a run that ends with no checkpoint on disk at all did not succeed (nothing of it can be
+  // resumed); rank 0's check, in the run_on_all_ranks at the end.
+  void require_a_checkpoint() const {
+    if (!rank0_ || have_checkpoint_) return;
+    throw std::runtime_error(
+        "no checkpoint could be written in this run (see the warnings above) and there was none "
+        "before: nothing of it can be resumed; fix the disk or folder '" +
+        o_.output_dir + "'");
   }
 
   const TrainOptions& o_;
@@ -734,7 +872,11 @@ class Run {
   bool stop_requested_ = false;                 // --stop-after-steps reached
   bool stopped_mid_epoch_ = false;              // ... within an epoch, whose checkpoint is written
   bool watch_preemption_ = false;               // --preempt-signals is not none
-  at::Tensor preemption_flag_ = at::zeros({1}, at::kInt);
+  std::atomic<bool> have_checkpoint_{false};    // rank 0: a checkpoint of this run is on disk (or was, from before)
+  std::atomic<bool> last_save_failed_{false};   // rank 0: the latest save failed (--on-save-error continue)
+  at::Tensor boundary_flags_ = at::zeros({2}, at::kInt);  // agree_at_boundary's all-reduce
+  bool window_non_finite_ = false;                        // a NaN/inf loss in the current accumulation window
+  int non_finite_in_a_row_ = 0;                           // steps skipped in a row (--nan-policy skip-step)
   int preempted_by_ = 0;  // the signal all ranks agreed on (the highest number any rank received), or 0
   int stopped_at_epoch_ = 0;
   int64_t stopped_at_step_ = 0;  // the step of stopped_at_epoch_ the run stopped before

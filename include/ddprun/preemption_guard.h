@@ -4,6 +4,7 @@
 // the job under Slurm, and CheckpointManager::resume_auto continues where it stopped.
 #pragma once
 
+#include "ddprun/launch_contract.h"  // kExitPreempted and the other exit codes
 #include "ddprun/process_group.h"
 
 #include <csignal>
@@ -11,13 +12,11 @@
 
 namespace ddprun {
 
-// The exit code of a preempted job whose checkpoint is saved (EX_TEMPFAIL): ddprun requeues it.
-constexpr int kExitPreempted = 75;
-
 class PreemptionGuard {
  public:
   // From now on the first of `signals` is recorded (a second one of the same kind has its default effect: a second
-  // Ctrl-C still ends the process). Make it right after init_process_group: until then such a signal ends the rank.
+  // Ctrl-C still ends the process). Make it on every rank right after init_process_group (it waits for all ranks,
+  // then tells ddprun, which holds SIGUSR1/SIGUSR2 back until then: before, such a signal would end the rank).
   explicit PreemptionGuard(ProcessGroup& group, const std::vector<int>& signals = {SIGUSR1, SIGUSR2});
 
   // Every rank, at every step boundary (one small all-reduce): true on every rank when any rank got a signal.

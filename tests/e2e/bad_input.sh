@@ -18,9 +18,16 @@ case "$case_name" in
     rm "$work/data/train-images-idx3-ubyte.gz"
     head -c 5000 /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz > "$work/data/train-images-idx3-ubyte.gz"
     args=(--data-path "$work/data"); code=3; expect="train-images-idx3-ubyte.gz' is truncated or corrupt" ;;
+  idx_overflow)  # dimensions whose product overflows 64 bits: LibTorch's message, without the file's name, before
+    mkdir "$work/data"
+    for f in /usr/share/datasets/fashion-mnist/*; do ln -s "$f" "$work/data/"; done
+    rm "$work/data/train-images-idx3-ubyte.gz"
+    printf '\x00\x00\x08\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff' > "$work/data/train-images-idx3-ubyte"
+    args=(--data-path "$work/data"); code=3
+    expect="'$work/data/train-images-idx3-ubyte' claims more than 4 GiB of data in its header; it is not an MNIST-style file" ;;
   unknown_model)  args=(--model resnet9000); code=2; expect="--model 'resnet9000' is not a known model; choose one of: mnist_cnn, mlp, resnet18" ;;
   unknown_backend) args=(--backend gloo); code=2; expect="--backend 'gloo' is not a backend; choose auto, mpi or nccl" ;;
-  bad_comm_timeout) args=(--comm-timeout -1); code=2; expect="--comm-timeout -1 is out of range: must not be negative" ;;
+  bad_comm_timeout) args=(--comm-timeout -1); code=2; expect="--comm-timeout -1 is out of range: must be from 0 (no limit) to 604800 (a week)" ;;
   # No GPU here: NCCL refuses to start (or this build has none), on every rank, with what to do instead.
   nccl_without_gpu) args=(--backend nccl); code=3; expect="use --backend mpi" ;;
   bad_accum_steps) args=(--accum-steps 0); code=2; expect="--accum-steps 0 is out of range: must be at least 1" ;;
@@ -31,6 +38,23 @@ case "$case_name" in
   unknown_flag)   args=(--learning-rate 0.1); code=2; expect="unrecognised option '--learning-rate'; run ddptrain --help" ;;
   out_of_range)   args=(-b 0); code=2; expect="--batch-size 0 is out of range: must be at least 1" ;;
   bad_config)     args=(--config "$work/none.ini"); code=2; expect="--config '$work/none.ini' cannot be opened" ;;
+  # /dev/zero grew each rank to 12 GB until the OOM killer fired; a folder was silently ignored (exit 0).
+  config_dev_zero) args=(--config /dev/zero); code=2
+                  expect="--config '/dev/zero' is not a regular file (a device, pipe or socket); give the path of a file" ;;
+  config_folder)  args=(--config "$work"); code=2; expect="--config '$work' is a folder; give the path of a file" ;;
+  lr_inf)         args=(--lr inf); code=2; expect="--lr inf is out of range: must be a finite number" ;;
+  lr_huge)        args=(--lr 1e308); code=2; expect="--lr 1e+308 is out of range: must be positive and at most 1000" ;;
+  lr_min_inf)     args=(--lr-min inf --lr-scheduler cosineannealinglr); code=2
+                  expect="--lr-min inf is out of range: must be a finite number" ;;
+  comm_timeout_huge) args=(--comm-timeout 1e300); code=2
+                  expect="--comm-timeout 1e+300 is out of range: must be from 0 (no limit) to 604800 (a week)" ;;
+  # Noticed at start (exit 3, not retried), not after the first epoch (exit 1, which --max-restarts would retry).
+  # Root writes anywhere, so the folder is a read-only bind mount in a mount namespace of the test's own.
+  output_readonly)
+    mkdir "$work/ro"
+    small=(--train-limit 64 --test-limit 64 --epochs 1 --threads 1 --output-dir "$work/ro")
+    wrap=(unshare --mount sh -c 'mount --bind -o ro "$0" "$0" && exec "$@"' "$work/ro")
+    args=(); code=3; expect="--output-dir '$work/ro' is not writable (Read-only file system); checkpoints and metrics go there" ;;
   resume_missing) args=(--resume "$work/none.pth"); code=3; expect="cannot read checkpoint '$work/none.pth': No such file or directory" ;;
   resume_not_zip)
     echo "not a checkpoint" > "$work/notes.pth"
@@ -76,7 +100,8 @@ esac
 if [ -n "${mpmd+set}" ]; then
   mpirun --quiet --oversubscribe "${mpmd[@]}" > "$work/stdout" 2> "$work/stderr"
 else
-  mpirun --quiet --oversubscribe -np 2 "$bin/ddptrain" "${small[@]}" ${args[@]+"${args[@]}"} > "$work/stdout" 2> "$work/stderr"
+  ${wrap[@]+"${wrap[@]}"} mpirun --quiet --oversubscribe -np 2 "$bin/ddptrain" "${small[@]}" ${args[@]+"${args[@]}"} \
+    > "$work/stdout" 2> "$work/stderr"
 fi
 rc=$?
 echo "exit code $rc; stderr:"; cat "$work/stderr"

@@ -52,9 +52,14 @@ for x in "-x FOO=bar" "-x HOME" "-x NCCL_DEBUG" "-x NCCL_SOCKET_IFNAME" "-x OMP_
 done
 [[ "$line" != *UNSET* ]] || fail "-x of an unset variable passed on: $line"
 
+cores=$(nproc)
+cores="$cores core$([ "$cores" -eq 1 ] || echo s)"
 for bad in "--np two|--np 'two' is not a positive whole number" \
            "-H a:2 --np 3|3 ranks do not fit the 2 slots of -H; give fewer ranks (--np) or more slots (HOST:SLOTS)" \
-           "--hostfile $work/none|cannot read --hostfile '$work/none': No such file or directory" \
+           "--hostfile $work/none|--hostfile '$work/none' cannot be opened: No such file or directory; check the path" \
+           "--hostfile /dev/zero|--hostfile '/dev/zero' is not a regular file (a device, pipe or socket); give the path of a file" \
+           "--hostfile $work|--hostfile '$work' is a folder; give the path of a file" \
+           "--np 100000|100000 ranks on this node's $cores is more than $((16 * $(nproc))) (16 per core), which would flood it; give fewer ranks (--np) or name more hosts (-H)" \
            "--launcher pbs|--launcher 'pbs' is not one ddprun knows; choose mpirun or srun" \
            "--max-restarts -1|--max-restarts '-1' is not a non-negative whole number" \
            "--np 2|no program to start; usage: ddprun --np 2 -- ddptrain [ARGS...]"; do

@@ -12,7 +12,7 @@ cat > "$work/rank.py" <<'RANK'
 # second after that or as soon as the first rank exits, whichever comes first. A rank that exits on SIGTERM would
 # have the other killed within milliseconds, often before it could write. Python runs a handler at once, in the
 # middle of its sleep (a shell runs a trap only once the command it waits for is done).
-import os, signal, sys, time
+import os, signal, socket, sys, time
 
 out = open(f"{sys.argv[1]}/rank{os.environ['OMPI_COMM_WORLD_RANK']}", "a", buffering=1)
 
@@ -28,6 +28,11 @@ def note(number, frame):
 
 for number in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(number, note)
+# Tell ddprun that this rank catches its preemption signals (ddptrain and libddprun do this through the same
+# socket), so that it stops holding SIGUSR1/SIGUSR2 back.
+if "DDPRUN_READY_SOCKET" in os.environ:
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(
+        b"ready", "\0" + os.environ["DDPRUN_READY_SOCKET"][1:])
 out.write(f"started {os.environ['DDPRUN_RESTART_COUNT']}\n")
 while True:  # until mpirun's SIGKILL (ctest's timeout otherwise)
     time.sleep(1)

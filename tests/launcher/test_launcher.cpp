@@ -7,6 +7,7 @@
 #include "launcher/supervisor.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <csignal>
 #include <cstdio>
@@ -149,6 +150,58 @@ TEST(JobShape, ReadsOpenMpiHostfiles) {
   EXPECT_THROW(read_hostfile(path), std::invalid_argument);
 }
 
+// The message plan_job or read_hostfile throws, or "accepted".
+template <typename F>
+std::string refusal(F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "accepted";
+}
+
+TEST(JobShape, ReadsOnlyASmallRegularFileAsHostfile) {
+  // /dev/zero grew ddprun to 2.9 GB and never returned; a folder "named no host".
+  EXPECT_EQ(refusal([] { read_hostfile("/dev/zero"); }),
+            "--hostfile '/dev/zero' is not a regular file (a device, pipe or socket); give the path of a file");
+  EXPECT_EQ(refusal([] { read_hostfile("/tmp"); }), "--hostfile '/tmp' is a folder; give the path of a file");
+  const std::string fifo = "/tmp/ddprun_hostfile_fifo";
+  std::remove(fifo.c_str());
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_EQ(refusal([&] { read_hostfile(fifo); }),  // and without waiting for a writer
+            "--hostfile '" + fifo + "' is not a regular file (a device, pipe or socket); give the path of a file");
+  std::remove(fifo.c_str());
+  const std::string big = "/tmp/ddprun_hostfile_big";
+  {
+    std::ofstream out(big);
+    for (int i = 0; i < 200000; ++i) out << "node" << i << " slots=1\n";
+  }
+  EXPECT_EQ(refusal([&] { read_hostfile(big); }),
+            "--hostfile '" + big + "' is larger than 1024 KiB, far more than such a file needs; check the path");
+  std::remove(big.c_str());
+}
+
+TEST(JobShape, RefusesMoreRanksThanTheHostsCanHold) {
+  // --np 100000 made mpirun flood the node with "system limit" errors, hang, and crash on SIGTERM.
+  ShapeRequest request = no_gpus();
+  request.ranks = 100000;
+  EXPECT_EQ(refusal([&] { plan_job(request, {}); }),
+            "100000 ranks on this node's 2 cores is more than 32 (16 per core), which would flood it; give fewer ranks "
+            "(--np) or name more hosts (-H)");
+  request.ranks = 32;  // oversubscribed, within the factor: started
+  EXPECT_TRUE(plan_job(request, {}).oversubscribe);
+  request.ranks = 0;
+  request.hosts = "a:2000,b:2";
+  EXPECT_EQ(refusal([&] { plan_job(request, {}); }),
+            "-H gives host a 2000 slots, more than the 1024 ranks ddprun starts on one host; give one rank per GPU (or "
+            "core)");
+  request.hosts = "a:8";
+  request.process_limit = 4;
+  EXPECT_EQ(refusal([&] { plan_job(request, {}); }),
+            "8 ranks exceed this user's process limit (ulimit -u 4); give fewer ranks (--np)");
+}
+
 TEST(JobShape, TakesHostsAndSlotsFromTheSlurmAllocation) {
   const Environment slurm{{"SLURM_JOB_ID", "9"},
                           {"SLURM_JOB_NODELIST", "gpu[1-2]"},
@@ -225,6 +278,11 @@ TEST(LaunchOptions, RefusesBadFlagsWithOneLine) {
   EXPECT_EQ(message({"--np", "0", "--", "p"}), "--np '0' is not a positive whole number");
   EXPECT_EQ(message({"--restart-delay", "-1", "--", "p"}),
             "--restart-delay '-1' is not a number of seconds (0 or more)");
+  EXPECT_EQ(message({"--restart-delay", "nan", "--", "p"}),
+            "--restart-delay 'nan' is not a number of seconds (0 or more)");
+  EXPECT_EQ(message({"--signal-hold", "inf", "--", "p"}),
+            "--signal-hold 'inf' is not a number of seconds from 0 to 3600");
+  EXPECT_EQ(options_for({"--signal-hold", "2.5", "--", "p"}).signal_hold, 2.5);
   EXPECT_EQ(message({"-H", "a", "--hostfile", "f", "--", "p"}), "-H and --hostfile both name hosts; give one of them");
   EXPECT_EQ(message({"--bogus"}),
             "unknown option '--bogus'; put the program after '--' (ddprun --np 2 -- ddptrain ...)");
@@ -245,6 +303,7 @@ TEST(Supervisor, DecidesWhatComesAfterAJob) {
   EXPECT_EQ(decide({false, 137}, true, 0, 3), Decision::Stopped);   // someone asked it to stop
   EXPECT_EQ(decide({false, 2}, false, 0, 3), Decision::Final);      // bad flags
   EXPECT_EQ(decide({false, 3}, false, 0, 3), Decision::Final);      // failed before training started
+  EXPECT_EQ(decide({false, 4}, false, 0, 3), Decision::Final);      // diverged: a restart would repeat it
   EXPECT_EQ(decide({false, 137}, false, 0, 3), Decision::Restart);  // a rank was killed
   EXPECT_EQ(decide({true, SIGSEGV}, false, 2, 3), Decision::Restart);
   EXPECT_EQ(decide({false, 1}, false, 3, 3), Decision::GiveUp);
