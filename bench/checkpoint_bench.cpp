@@ -21,14 +21,15 @@
 #include "checkpoint/async_saver.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
+#include "engine/optimizer_state.h"
 #include "trainer/host_memory.h"
 #include "trainer/models.h"
-#include "trainer/optimizer.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/nll_loss.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
+#include <torch/optim/sgd.h>
 #include <torch/utils.h>
 
 #include <fcntl.h>
@@ -80,12 +81,14 @@ Value big_state(int64_t bytes) {
 Value resnet18_state() {
   torch::manual_seed(1);
   auto model = ddprun::trainer::make_model("resnet18");
-  auto optimizer = ddprun::trainer::make_optimizer(model->parameters(), ddprun::trainer::OptimizerOptions());
+  auto optimizer = std::make_unique<torch::optim::SGD>(model->parameters(),
+                                                       torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
   const at::Tensor images = at::randn({2, 1, 28, 28});
   at::nll_loss(model->forward(images), at::randint(10, {2}, at::kLong)).backward();
   optimizer->step();
-  return Value::dict(
-      {{"model", ddprun::checkpoint::module_state_dict(*model)}, {"optimizer", optimizer->state_dict()}, {"epoch", 0}});
+  return Value::dict({{"model", ddprun::checkpoint::module_state_dict(*model)},
+                      {"optimizer", ddprun::engine::optimizer_state_dict(*optimizer, std::nullopt)},
+                      {"epoch", 0}});
 }
 
 void print(const std::string& impl, const std::string& state, const char* op, int64_t bytes, double seconds,

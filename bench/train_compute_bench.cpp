@@ -11,10 +11,10 @@
 #include "trainer/host_memory.h"
 #include "trainer/idx_dataset.h"
 #include "trainer/models.h"
-#include "trainer/optimizer.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/nll_loss.h>
+#include <torch/optim/sgd.h>
 #include <torch/utils.h>
 
 #include <algorithm>
@@ -65,8 +65,9 @@ int main(int argc, char** argv) {
   const ImageDataset data = load_idx_dataset(data_path, Split::Train, samples);
   torch::manual_seed(1);
   auto model = make_model(model_name);
-  OptimizerOptions sgd;  // ddptrain's defaults: SGD, lr 0.05, momentum 0.9, weight decay 1e-4
-  auto optimizer = make_optimizer(model->parameters(), sgd);
+  // ddptrain's defaults: SGD, lr 0.05, momentum 0.9, weight decay 1e-4.
+  auto optimizer = std::make_unique<torch::optim::SGD>(model->parameters(),
+                                                       torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
   model->train();
 
   std::vector<double> rates;

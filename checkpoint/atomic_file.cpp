@@ -79,10 +79,12 @@ flock whole_file(short type) {
   return lock;
 }
 
-// For "<name>.tmp.<host>.<pid>" (or "<name>.tmp.<pid>"): the host ("" in the old form) and pid; false for other names.
-bool parse_temporary_name(const std::string& name, std::string& host, long& pid) {
+// For "<target>.tmp.<host>.<pid>" (or "<target>.tmp.<pid>"): the target's name, the host ("" in the old form) and
+// pid; false for other names.
+bool parse_temporary_name(const std::string& name, std::string& target, std::string& host, long& pid) {
   const size_t tmp = name.rfind(".tmp.");
   if (tmp == std::string::npos || tmp == 0) return false;
+  target = name.substr(0, tmp);
   const std::string rest = name.substr(tmp + 5);
   const size_t dot = rest.rfind('.');
   const std::string digits = dot == std::string::npos ? rest : rest.substr(dot + 1);
@@ -110,14 +112,15 @@ std::string AtomicFile::temporary_path(const std::string& path) {
   return path + ".tmp." + host_name() + "." + std::to_string(::getpid());
 }
 
-std::vector<StaleTemporary> remove_stale_temporaries(const std::string& folder) {
+std::vector<StaleTemporary> remove_stale_temporaries(const std::string& folder,
+                                                     const std::function<bool(const std::string& target)>& ours) {
   std::vector<StaleTemporary> removed;
   DIR* dir = ::opendir(folder.c_str());
   if (dir == nullptr) return removed;
   while (const dirent* entry = ::readdir(dir)) {
-    std::string host;
+    std::string target, host;
     long pid = 0;
-    if (!parse_temporary_name(entry->d_name, host, pid)) continue;
+    if (!parse_temporary_name(entry->d_name, target, host, pid) || !ours(target)) continue;
     const std::string path = folder + "/" + entry->d_name;
     struct stat st {};
     if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
@@ -226,12 +229,21 @@ void AtomicFile::commit() {
   if (error_ != 0) throw std::runtime_error("cannot write '" + temp_ + "': " + errno_text(error_));
   stage(WriteStage::Written);
   if (::fsync(fd_) != 0) throw std::runtime_error("cannot fsync '" + temp_ + "': " + errno_text(errno));
+  // A second descriptor keeps the lock (it belongs to the open file) until the rename: a start that removes stale
+  // temporary files meanwhile leaves this one alone.
+  const int lock_holder = ::dup(fd_);
   const int rc = ::close(fd_);
   fd_ = -1;
-  if (rc != 0) throw std::runtime_error("cannot close '" + temp_ + "': " + errno_text(errno));
+  if (rc != 0) {
+    const int err = errno;
+    if (lock_holder >= 0) ::close(lock_holder);
+    throw std::runtime_error("cannot close '" + temp_ + "': " + errno_text(err));
+  }
   stage(WriteStage::Synced);
-  if (::rename(temp_.c_str(), path_.c_str()) != 0)
-    throw std::runtime_error("cannot rename '" + temp_ + "' over it: " + errno_text(errno));
+  const int renamed = ::rename(temp_.c_str(), path_.c_str());
+  const int rename_error = errno;
+  if (lock_holder >= 0) ::close(lock_holder);
+  if (renamed != 0) throw std::runtime_error("cannot rename '" + temp_ + "' over it: " + errno_text(rename_error));
   committed_ = true;
   stage(WriteStage::Renamed);
   sync_parent_folder(path_);

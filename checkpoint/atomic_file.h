@@ -40,7 +40,8 @@ class AtomicFile {
   void commit();
 
   const std::string& path() const { return path_; }
-  // "<path>.tmp.<host>.<pid>": whose it is, in a folder that several nodes share.
+  // "<path>.tmp.<host>.<pid>": whose it is, in a folder that several nodes share. The writer's lock on it lasts until
+  // it is renamed over the target.
   static std::string temporary_path(const std::string& path);
   bool direct() const { return buffer_ != nullptr; }
 
@@ -72,6 +73,9 @@ struct StaleTemporary {
 // of earlier versions) whose writer is gone: no process holds the lock a writer keeps on its file (OFD locks, which
 // NFS and Lustre pass on); where the file system has no locks, those of this host whose process has exited.
 // A file being written stays. Returns what it removed; a file it cannot remove is left, silently.
-std::vector<StaleTemporary> remove_stale_temporaries(const std::string& folder);
+// Only the temporary files of targets `ours` accepts (by the target's file name) are considered: another program's
+// "notes.tmp.1" in the same folder is not ours to remove.
+std::vector<StaleTemporary> remove_stale_temporaries(const std::string& folder,
+                                                     const std::function<bool(const std::string& target)>& ours);
 
 }  // namespace ddprun::checkpoint

@@ -35,6 +35,15 @@ std::vector<std::string> CheckpointFolder::newest_first() const {
   return paths;
 }
 
+bool CheckpointFolder::is_checkpoint_name(const std::string& name) {
+  if (name == "checkpoint.pth" || name == kWriteProbe) return true;
+  if (name.size() <= std::strlen("model_.pth") || name.rfind("model_", 0) != 0 ||
+      name.compare(name.size() - 4, 4, ".pth") != 0)
+    return false;
+  const std::string number = name.substr(std::strlen("model_"), name.size() - std::strlen("model_.pth"));
+  return number.find_first_not_of("0123456789") == std::string::npos;
+}
+
 void CheckpointFolder::keep_last(int keep, const std::string& program) const {
   if (keep <= 0) return;
   const auto files = epoch_files();
@@ -48,7 +57,8 @@ void CheckpointFolder::keep_last(int keep, const std::string& program) const {
 }
 
 std::string load_newest(comm::Communicator& comm, const CheckpointFolder& folder, const std::string& program,
-                        const std::string& folder_flag, const std::function<void(const std::string& path)>& load) {
+                        const std::string& folder_name, const std::string& call,
+                        const std::function<void(const std::string& path)>& load) {
   const bool rank0 = comm.rank() == 0;
   // Rank 0's listing, so that every rank tries the same files in the same order.
   std::string listing;
@@ -66,14 +76,14 @@ std::string load_newest(comm::Communicator& comm, const CheckpointFolder& folder
       break;
     } catch (const comm::CollectiveFailure& e) {
       if (rank0)
-        std::fprintf(stderr, "%s: warning: --resume auto: skipping a newer file: %s\n", program.c_str(), e.what());
+        std::fprintf(stderr, "%s: warning: %s: skipping a newer file: %s\n", program.c_str(), call.c_str(), e.what());
     }
   }
   comm::run_on_all_ranks(comm, [&] {
     if (chosen.empty() && !candidates.empty())
-      throw std::runtime_error("--resume auto: none of the " + std::to_string(candidates.size()) + " checkpoints in " +
-                               folder_flag + " '" + folder.path() +
-                               "' can be loaded (see the warnings above); move them away to start afresh");
+      throw SetUpError(call + ": none of the " + std::to_string(candidates.size()) + " checkpoints in " + folder_name +
+                       " '" + folder.path() +
+                       "' can be loaded (see the warnings above); move them away to start afresh");
   });
   return chosen;
 }

@@ -26,17 +26,23 @@ class CheckpointFolder {
   // Removes all but the `keep` newest epoch files (0: keeps all); a file that cannot be removed is a warning on
   // stderr, prefixed with `program` ("ddptrain").
   void keep_last(int keep, const std::string& program) const;
+  // Whether `name` (a file name, no folder) is one this folder's checkpoints are written as: checkpoint.pth,
+  // model_<epoch>.pth, or the write check's probe.
+  static bool is_checkpoint_name(const std::string& name);
+  static constexpr const char* kWriteProbe = ".ddprun-write-check";
 
  private:
   std::string path_;
 };
 
-// --resume auto, on every rank together: tries rank 0's listing of `folder`, newest first, with `load`, which must
-// run on every rank and throw comm::CollectiveFailure on every rank when any fails; each newer file that fails is
-// named in a warning on rank 0 ("<program>: warning: --resume auto: skipping a newer file: ..."). Returns the path
-// loaded, or "" when the folder holds none. When none of them loads, throws comm::CollectiveFailure on every rank
-// naming `folder_flag` (how the user gave the folder: "--output-dir").
+// Resuming the newest file, on every rank together: tries rank 0's listing of `folder`, newest first, with `load`,
+// which must run on every rank and throw comm::CollectiveFailure on every rank when any fails; each newer file that
+// fails is named in a warning on rank 0 ("<program>: warning: <call>: skipping a newer file: ..."). Returns the
+// path loaded, or "" when the folder holds none. When none of them loads, throws comm::CollectiveFailure on every
+// rank (exit code 3) naming `folder_name` (how the user gave the folder: "--output-dir"). `call` is how the user
+// asked for it ("--resume auto", "CheckpointManager::resume_auto()").
 std::string load_newest(comm::Communicator& comm, const CheckpointFolder& folder, const std::string& program,
-                        const std::string& folder_flag, const std::function<void(const std::string& path)>& load);
+                        const std::string& folder_name, const std::string& call,
+                        const std::function<void(const std::string& path)>& load);
 
 }  // namespace ddprun::checkpoint

@@ -41,6 +41,10 @@ Value module_state_dict(const torch::nn::Module& module) {
 }
 
 void load_module_state_dict(torch::nn::Module& module, const Value& state) {
+  prepare_module_state_dict(module, state)();
+}
+
+std::function<void()> prepare_module_state_dict(torch::nn::Module& module, const Value& state) {
   if (!state.is_mapping())
     throw std::runtime_error(std::string("model state is a ") + state.kind_name() + ", not a dict");
   std::map<std::string, const Value*> saved;
@@ -84,8 +88,10 @@ void load_module_state_dict(torch::nn::Module& module, const Value& state) {
     message.pop_back();
     throw std::runtime_error(message);
   }
-  at::NoGradGuard no_grad;
-  for (auto& [destination, source] : copies) destination.copy_(source);
+  return [copies = std::move(copies)] {
+    at::NoGradGuard no_grad;
+    for (const auto& [destination, source] : copies) at::Tensor(destination).copy_(source);
+  };
 }
 
 }  // namespace ddprun::checkpoint

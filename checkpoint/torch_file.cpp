@@ -275,29 +275,63 @@ void save_as(const Value& object, const std::vector<std::string>& paths, const W
   }
 }
 
-Value load(const std::string& path, const MapLocation& map_location) {
+namespace {
+
+// The file at `path`, opened for reading: a regular file (a FIFO is not waited on, a device or folder not read) whose
+// zip directory read_torch_archive accepts. Throws CheckpointError naming the path.
+struct OpenCheckpoint {
+  int fd = -1;
+  size_t size = 0;
+  TorchArchive archive;
+};
+
+OpenCheckpoint open_checkpoint(const std::string& path) {
   const std::string prefix = "cannot read checkpoint '" + path + "': ";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) throw CheckpointError(prefix + errno_text(errno));
+  OpenCheckpoint file;
+  file.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (file.fd < 0) throw CheckpointError(prefix + errno_text(errno));
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(file.fd, &st) != 0) {
     const int err = errno;
-    const bool folder = S_ISDIR(st.st_mode), other = !S_ISREG(st.st_mode);
-    ::close(fd);
-    throw CheckpointError(prefix + (folder  ? errno_text(EISDIR)
-                                    : other ? std::string("not a regular file (a device, pipe or socket)")
-                                            : errno_text(err)));
+    ::close(file.fd);
+    throw CheckpointError(prefix + errno_text(err));
   }
-  const size_t size = static_cast<size_t>(st.st_size);
+  if (!S_ISREG(st.st_mode)) {
+    ::close(file.fd);
+    throw CheckpointError(prefix + (S_ISDIR(st.st_mode)
+                                        ? errno_text(EISDIR)
+                                        : std::string("not a regular file (a device, pipe or socket)")));
+  }
+  file.size = static_cast<size_t>(st.st_size);
   // The zip directory first, read with pread: a file that is not a checkpoint (a 2 GiB image, a sparse file, a zip
   // bomb) is refused having cost only its directory.
-  TorchArchive archive;
   try {
-    archive = read_archive(FileSource(fd, size), path);
+    file.archive = read_archive(FileSource(file.fd, file.size), path);
   } catch (...) {
-    ::close(fd);
+    ::close(file.fd);
     throw;
   }
+  return file;
+}
+
+}  // namespace
+
+at::Tensor read_checkpoint_bytes(const std::string& path) {
+  OpenCheckpoint file = open_checkpoint(path);
+  at::Tensor bytes = at::empty({static_cast<int64_t>(file.size)}, at::kByte);
+  const bool ok = file.size == 0 || read_whole(file.fd, static_cast<char*>(bytes.data_ptr()), file.size);
+  const int err = errno;
+  ::close(file.fd);
+  if (!ok) throw CheckpointError("cannot read checkpoint '" + path + "': read failed: " + errno_text(err));
+  return bytes;
+}
+
+Value load(const std::string& path, const MapLocation& map_location) {
+  const std::string prefix = "cannot read checkpoint '" + path + "': ";
+  OpenCheckpoint file = open_checkpoint(path);
+  const int fd = file.fd;
+  const size_t size = file.size;
+  const TorchArchive archive = std::move(file.archive);
   // Then the file mapped privately: read-only with MAP_POPULATE, so the kernel reads it into the page cache and maps
   // those pages (no copy: a writable private mapping would populate by copying every page into fresh memory), then
   // made writable, so that a tensor written later gets a private copy of the pages it writes, and only those.

@@ -59,6 +59,11 @@ void save_as(const Value& object, const std::vector<std::string>& paths, const W
 // gives for where each was saved. Throws CheckpointError naming the path.
 Value load(const std::string& path, const MapLocation& map_location = MapLocation());
 
+// The bytes of the checkpoint file at `path`, after the checks load() makes before it reads anything (a regular
+// file whose zip directory is a torch.save one), as a uint8 tensor: what one rank reads to broadcast to the others.
+// Throws CheckpointError naming the path.
+at::Tensor read_checkpoint_bytes(const std::string& path);
+
 // The same from the bytes of a whole file in memory (one rank read it and broadcast it); storages are copied out of
 // `data`, which the caller may free afterwards. `name` is for messages.
 Value load_from_memory(const void* data, size_t size, const std::string& name,

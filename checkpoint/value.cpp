@@ -156,7 +156,7 @@ double Value::to_double_in(double lowest, double highest, const std::string& wha
 
 const std::string& Value::to_string() const {
   if (kind() != Kind::String) type_error("str", *this);
-  return std::get<std::string>(v_);
+  return *std::get<std::shared_ptr<const std::string>>(v_);
 }
 
 const at::Tensor& Value::to_tensor() const {
@@ -239,7 +239,7 @@ bool Value::operator==(const Value& other) const {
     case Kind::Float:
       return std::get<double>(v_) == std::get<double>(other.v_);
     case Kind::String:
-      return std::get<std::string>(v_) == std::get<std::string>(other.v_);
+      return to_string() == other.to_string();
     case Kind::Tensor:
       return tensors_equal(std::get<at::Tensor>(v_), std::get<at::Tensor>(other.v_));
     case Kind::List:

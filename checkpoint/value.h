@@ -37,8 +37,8 @@ class Value {
   Value(int i) : v_(static_cast<int64_t>(i)) {}
   Value(int64_t i) : v_(i) {}
   Value(double d) : v_(d) {}
-  Value(const char* s) : v_(std::string(s)) {}
-  Value(std::string s) : v_(std::move(s)) {}
+  Value(const char* s) : v_(std::make_shared<const std::string>(s)) {}
+  Value(std::string s) : v_(std::make_shared<const std::string>(std::move(s))) {}
   Value(at::Tensor t) : v_(std::move(t)) {}
 
   static Value list(std::vector<Value> items = {});
@@ -93,7 +93,8 @@ class Value {
   bool operator!=(const Value& other) const { return !(*this == other); }
 
  private:
-  using Storage = std::variant<std::monostate, bool, int64_t, double, std::string, at::Tensor,
+  // Strings are shared too: a pickle's memo may copy one string a million times, which must not copy its bytes.
+  using Storage = std::variant<std::monostate, bool, int64_t, double, std::shared_ptr<const std::string>, at::Tensor,
                                std::shared_ptr<Sequence>, std::shared_ptr<Mapping>>;
   Storage v_;
 };

@@ -13,17 +13,22 @@ std::string error_message(const std::exception& e) {
 }
 
 void run_on_all_ranks(Communicator& comm, const std::function<void()>& step) {
+  // "" when the step worked, else "<exit code> <message>".
   std::string error;
   try {
     step();
+  } catch (const Error& e) {
+    error = std::to_string(e.exit_code()) + " " + error_message(e);
   } catch (const std::exception& e) {
-    error = error_message(e);
+    error = std::to_string(kExitFailure) + " " + error_message(e);
   } catch (...) {  // whatever it was, the other ranks must not be left waiting for this rank's answer
-    error = "unknown error (not a std::exception)";
+    error = std::to_string(kExitFailure) + " unknown error (not a std::exception)";
   }
   const std::vector<std::string> errors = comm.allgather_bytes(error);
   for (int r = 0; r < static_cast<int>(errors.size()); ++r) {
-    if (!errors[r].empty()) throw CollectiveFailure(r, errors[r]);
+    if (errors[r].empty()) continue;
+    const size_t space = errors[r].find(' ');
+    throw CollectiveFailure(r, errors[r].substr(space + 1), std::stoi(errors[r].substr(0, space)));
   }
 }
 

@@ -36,7 +36,7 @@ constexpr bool kDebugBuild =
 CommOptions comm_options_from_env() {
   CommOptions options;
   options.timeout = std::chrono::milliseconds(static_cast<int64_t>(
-      env_number("DDPRUN_COMM_TIMEOUT", options.timeout.count() / 1000.0, kMaxTimeoutSeconds) * 1000));
+      env_number("DDPRUN_COMM_TIMEOUT", options.timeout.count() / 1000.0, kMaxCommTimeoutSeconds) * 1000));
   options.check_shapes = env_number("DDPRUN_COMM_CHECK", kDebugBuild ? 1 : 0, 1) != 0;
   options.segment_bytes = static_cast<int64_t>(
       env_number("DDPRUN_COMM_SEGMENT_BYTES", static_cast<double>(options.segment_bytes), double(int64_t{1} << 40)));

@@ -2,6 +2,8 @@
 // variables that set them. No LibTorch or MPI types here, so option parsers can include it cheaply.
 #pragma once
 
+#include "ddprun/launch_contract.h"  // kMaxCommTimeoutSeconds
+
 #include <chrono>
 #include <cstdint>
 
@@ -17,10 +19,6 @@ struct CommOptions {
   // Large buffers are reduced in pieces of this many bytes (they stay in cache; see scripts/bench/allreduce.sh).
   int64_t segment_bytes = int64_t{4} << 20;
 };
-
-// The longest timeout (a week): the one source of this bound for DDPRUN_COMM_TIMEOUT, --comm-timeout and the
-// library's ProcessGroupOptions.
-constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600;
 
 // CommOptions from the environment: DDPRUN_COMM_TIMEOUT (seconds), DDPRUN_COMM_CHECK (0/1; on by default in
 // builds without NDEBUG), DDPRUN_COMM_SEGMENT_BYTES; throws std::invalid_argument naming a variable that is not a

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "comm/comm_options.h"
+#include "ddprun/errors.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -21,10 +22,12 @@ namespace ddprun::comm {
 enum class ReduceOp { Sum, Average, Max, Min };
 const char* to_string(ReduceOp op);
 
-// A collective that failed on this rank (a transport error, a shape mismatch found by the shape check). One line.
-class CommError : public std::runtime_error {
+// A collective that failed (a transport error, a shape mismatch found by the shape check), one line; a ddprun::Error
+// with exit code 1 (kExitFailure), on this rank alone unless `failed_rank` says every rank knows it.
+class CommError : public Error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit CommError(const std::string& message, int failed_rank = -1, int exit_code = kExitFailure)
+      : Error(exit_code, message, failed_rank) {}
 };
 
 // The handle of one collective in flight.
@@ -72,6 +75,12 @@ class Communicator {
   // Blocking: every rank's bytes, indexed by rank; the lengths may differ between ranks. For small host-side
   // metadata (agreement, fingerprints).
   virtual std::vector<std::string> allgather_bytes(const std::string& bytes) = 0;
+  // Every rank's `call` (a library call's name: "CheckpointManager::save()"), once every rank made one. The library's
+  // collective calls start with it, so that a call made on some ranks only is found within a second or two, with
+  // one line naming it, instead of hanging until the timeout in a collective that has nothing to do with it. Throws
+  // CommError on this rank when another will never make one (it waits in a collective this rank has not issued, or
+  // no longer answers) or, with a timeout, when they do not all make one within it.
+  virtual std::vector<std::string> rendezvous(const std::string& call) = 0;
   // Ends the whole job from this rank (used when ranks can no longer agree); does not return.
   [[noreturn]] virtual void abort(int exit_code) = 0;
 

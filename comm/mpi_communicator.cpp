@@ -27,6 +27,7 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <thread>
 
 namespace ddprun::comm {
@@ -36,6 +37,12 @@ using Clock = std::chrono::steady_clock;
 
 constexpr int kTagStatusQuery = 1;
 constexpr int kTagStatusReply = 2;
+constexpr int kTagCallQuery = 3;  // rendezvous(): "where are you?" while waiting for a library call
+constexpr int kTagCallReply = 4;
+// A rendezvous label's bytes on the wire (longer names are cut).
+constexpr int kCallLabelBytes = 256;
+// A rank that answers no status query for this long during a rendezvous has exited (or hangs outside ddprun).
+constexpr auto kSilentPeer = std::chrono::seconds(10);
 
 void check(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
@@ -196,7 +203,7 @@ Buffer host_buffer(const at::Tensor& tensor, bool with_values = true) {
 // A failure that every rank sees alike (the shape check): the collective fails, the communicator goes on.
 class AgreedFailure : public CommError {
  public:
-  using CommError::CommError;
+  explicit AgreedFailure(const std::string& message) : CommError(message, /*failed_rank=*/0) {}
 };
 
 class Completion {
@@ -326,9 +333,11 @@ class MpiCommunicator final : public Communicator {
     }
     MPI_Comm_dup(MPI_COMM_WORLD, &world_);
     MPI_Comm_dup(MPI_COMM_WORLD, &control_);
+    MPI_Comm_dup(MPI_COMM_WORLD, &calls_);
     // Errors on our communicators come back as codes (then one line each); the program's MPI_COMM_WORLD is left as is.
     MPI_Comm_set_errhandler(world_, MPI_ERRORS_RETURN);
     MPI_Comm_set_errhandler(control_, MPI_ERRORS_RETURN);
+    MPI_Comm_set_errhandler(calls_, MPI_ERRORS_RETURN);
     MPI_Comm_rank(world_, &rank_);
     MPI_Comm_size(world_, &size_);
     check(MPI_Comm_split_type(world_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_), "MPI_Comm_split_type");
@@ -418,6 +427,74 @@ class MpiCommunicator final : public Communicator {
     work->bytes = bytes;
     issue(work)->wait();
     return std::move(work->gathered);
+  }
+
+  std::vector<std::string> rendezvous(const std::string& call) override {
+    if (size_ == 1) return {call};
+    if (!can_ask_peers()) return allgather_bytes(call);  // MPI_THREAD_SERIALIZED: no second thread in MPI
+    std::vector<char> label(kCallLabelBytes, '\0'), labels(static_cast<size_t>(kCallLabelBytes) * size_);
+    std::memcpy(label.data(), call.data(), std::min<size_t>(call.size(), kCallLabelBytes - 1));
+    uint64_t issued = 0;
+    {
+      std::lock_guard<std::mutex> lock(queue_mutex_);
+      issued = issued_;
+    }
+    MPI_Request request;
+    check(MPI_Iallgather(label.data(), kCallLabelBytes, MPI_CHAR, labels.data(), kCallLabelBytes, MPI_CHAR, calls_,
+                         &request),
+          "MPI_Iallgather");
+    // While it waits, asks the others twice a second where they are: one that sits in a collective this rank has not
+    // issued is waiting for this rank, which is waiting for it here: it skipped the call, and neither would ever
+    // return. One that stops answering has exited.
+    const auto start = Clock::now();
+    std::vector<Clock::time_point> last_answer(size_, start);
+    uint64_t query = 0;
+    auto next_query = start;
+    for (;;) {
+      int done = 0;
+      check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+      if (done) break;
+      const auto now = Clock::now();
+      if (now >= next_query) {
+        ++query;
+        for (int r = 0; r < size_; ++r)
+          if (r != rank_) MPI_Send(&query, 1, MPI_UINT64_T, r, kTagCallQuery, control_);
+        next_query = now + std::chrono::milliseconds(500);
+      }
+      for (;;) {
+        int pending = 0;
+        MPI_Status status;
+        MPI_Iprobe(MPI_ANY_SOURCE, kTagCallReply, control_, &pending, &status);
+        if (!pending) break;
+        int length = 0;
+        MPI_Get_count(&status, MPI_CHAR, &length);
+        std::string reply(static_cast<size_t>(length), '\0');
+        MPI_Recv(reply.data(), length, MPI_CHAR, status.MPI_SOURCE, kTagCallReply, control_, MPI_STATUS_IGNORE);
+        last_answer[status.MPI_SOURCE] = Clock::now();
+        std::istringstream fields(reply);
+        uint64_t their_query = 0, their_seq = 0;
+        int running = 0;
+        fields >> their_query >> their_seq >> running;
+        std::string what;
+        std::getline(fields >> std::ws, what);
+        if (running && their_seq > issued)
+          throw CommError(call + ": rank " + std::to_string(status.MPI_SOURCE) + " will never make this call: it " +
+                              "waits in " + what + ", a collective rank " + std::to_string(rank_) +
+                              " has not issued (the call was made on some ranks only; make it on every rank)",
+                          -1, kExitUsage);
+      }
+      for (int r = 0; r < size_; ++r) {
+        if (r != rank_ && Clock::now() - last_answer[r] > kSilentPeer)
+          throw CommError(call + ": rank " + std::to_string(r) + " has not made this call and has not answered for " +
+                          std::to_string(kSilentPeer.count()) + " s (it exited, or hangs outside ddprun)");
+      }
+      if (options_.timeout.count() > 0 && Clock::now() - start > options_.timeout)
+        throw CommError(call + ": not every rank made this call within " + describe_duration(options_.timeout));
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    std::vector<std::string> calls;
+    for (int r = 0; r < size_; ++r) calls.emplace_back(labels.data() + static_cast<size_t>(r) * kCallLabelBytes);
+    return calls;
   }
 
   [[noreturn]] void abort(int exit_code) override {
@@ -643,6 +720,7 @@ class MpiCommunicator final : public Communicator {
     self->sixteen_bit_.free();
     MPI_Comm_free(&self->node_);
     MPI_Comm_free(&self->control_);
+    MPI_Comm_free(&self->calls_);
     MPI_Comm_free(&self->world_);
     return MPI_SUCCESS;
   }
@@ -693,16 +771,21 @@ class MpiCommunicator final : public Communicator {
     return std::to_string(started_seq_) + " " + (running_ ? "1 " : "0 ") + what;
   }
 
+  // Answers the status queries waiting: a timed-out rank's (kTagStatusQuery, its sequence number) with the status
+  // text, a rendezvous' (kTagCallQuery, its query number) with the query number and the status text.
   void answer_status_queries() {
-    for (;;) {
-      int pending = 0;
-      MPI_Status status;
-      MPI_Iprobe(MPI_ANY_SOURCE, kTagStatusQuery, control_, &pending, &status);
-      if (!pending) return;
-      uint64_t asker_seq = 0;
-      MPI_Recv(&asker_seq, 1, MPI_UINT64_T, status.MPI_SOURCE, kTagStatusQuery, control_, MPI_STATUS_IGNORE);
-      const std::string reply = status_text();
-      MPI_Send(reply.data(), static_cast<int>(reply.size()), MPI_CHAR, status.MPI_SOURCE, kTagStatusReply, control_);
+    for (const int tag : {kTagStatusQuery, kTagCallQuery}) {
+      for (;;) {
+        int pending = 0;
+        MPI_Status status;
+        MPI_Iprobe(MPI_ANY_SOURCE, tag, control_, &pending, &status);
+        if (!pending) break;
+        uint64_t number = 0;
+        MPI_Recv(&number, 1, MPI_UINT64_T, status.MPI_SOURCE, tag, control_, MPI_STATUS_IGNORE);
+        const std::string reply = (tag == kTagCallQuery ? std::to_string(number) + " " : "") + status_text();
+        MPI_Send(reply.data(), static_cast<int>(reply.size()), MPI_CHAR, status.MPI_SOURCE,
+                 tag == kTagCallQuery ? kTagCallReply : kTagStatusReply, control_);
+      }
     }
   }
 
@@ -782,6 +865,7 @@ class MpiCommunicator final : public Communicator {
   int thread_level_ = MPI_THREAD_SINGLE;
   MPI_Comm world_ = MPI_COMM_NULL;    // the collectives
   MPI_Comm control_ = MPI_COMM_NULL;  // the watchdog's status queries
+  MPI_Comm calls_ = MPI_COMM_NULL;    // rendezvous() of library calls
   MPI_Comm node_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   SixteenBitOps sixteen_bit_;

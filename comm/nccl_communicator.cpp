@@ -401,6 +401,8 @@ class NcclCommunicator final : public Communicator {
     return bootstrap_->allgather_bytes(bytes);
   }
 
+  std::vector<std::string> rendezvous(const std::string& call) override { return bootstrap_->rendezvous(call); }
+
   [[noreturn]] void abort(int exit_code) override {
     if (aborting_.exchange(true)) {
       // Another thread is already ending the job.

@@ -56,7 +56,12 @@ pid_t start_child(const std::vector<std::string>& command, const sigset_t& mask)
   if (pipe2(report, O_CLOEXEC) != 0) throw std::runtime_error(std::string("pipe: ") + std::strerror(errno));
   const pid_t parent = getpid();
   const pid_t pid = fork();
-  if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
+  if (pid < 0) {
+    const int err = errno;
+    close(report[0]);
+    close(report[1]);
+    throw std::runtime_error(std::string("fork: ") + std::strerror(err));
+  }
   if (pid == 0) {
     setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -141,6 +146,7 @@ LeftoverReport end_leftover_processes(double grace_seconds) {
       for (const pid_t child : children) pids += " " + std::to_string(child);
       std::fprintf(stderr, "ddprun: warning: process(es)%s did not end %g s after SIGKILL (stuck in the kernel?)\n",
                    pids.c_str(), kKillWaitSeconds);
+      report.complete = false;
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));

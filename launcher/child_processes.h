@@ -24,9 +24,10 @@ pid_t start_child(const std::vector<std::string>& command, const sigset_t& mask)
 std::vector<pid_t> children_of(pid_t parent);
 
 struct LeftoverReport {
-  int processes = 0;    // processes that were still there after the launcher ended
-  bool killed = false;  // some needed SIGKILL after `grace_seconds`
-  double seconds = 0;   // from the call until the last of them was reaped
+  int processes = 0;     // processes that were still there after the launcher ended
+  bool killed = false;   // some needed SIGKILL after `grace_seconds`
+  bool complete = true;  // false: some did not end even after SIGKILL (ddprun stopped waiting for them)
+  double seconds = 0;    // from the call until the last of them was reaped
 };
 
 // Reaps every exited child, then ends the children that are still there (ranks reparented to ddprun) and any that

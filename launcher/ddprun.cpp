@@ -104,20 +104,23 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   // A preemption signal that arrives while ddprun starts must not end it (their default action): it waits, blocked,
-  // until the supervisor reads it and passes it on once the ranks can take it.
-  sigset_t preemption;
-  sigemptyset(&preemption);
-  sigaddset(&preemption, SIGUSR1);
-  sigaddset(&preemption, SIGUSR2);
-  sigprocmask(SIG_BLOCK, &preemption, nullptr);
+  // until the supervisor reads it and passes it on once the ranks can take it. Nor may a signal that would end ddprun
+  // without its ranks: SIGPIPE (its output piped to a tee that a Ctrl-C ended), SIGXCPU, SIGXFSZ (the launcher
+  // gets them back as their default).
+  sigset_t early;
+  sigemptyset(&early);
+  for (const int s : {SIGUSR1, SIGUSR2, SIGPIPE, SIGXCPU, SIGXFSZ}) sigaddset(&early, s);
+  sigprocmask(SIG_BLOCK, &early, nullptr);
   try {
     return run(argc, argv);
   } catch (const UsageError& e) {
     std::fprintf(stderr, "ddprun: error: %s\n", e.what());
   } catch (const std::invalid_argument& e) {  // the job's shape: a flag or a Slurm variable it cannot use
     std::fprintf(stderr, "ddprun: error: %s\n", e.what());
-  } catch (const std::exception& e) {  // the launcher cannot be started
-    std::fprintf(stderr, "ddprun: error: %s; install openmpi-bin (or Slurm's srun) or pass --mpirun PATH\n", e.what());
+  } catch (const std::exception& e) {  // the launcher cannot be started, or ddprun cannot watch it
+    const bool no_launcher = std::string(e.what()).rfind("cannot start '", 0) == 0;
+    std::fprintf(stderr, "ddprun: error: %s%s\n", e.what(),
+                 no_launcher ? "; install openmpi-bin (or Slurm's srun) or pass --mpirun PATH" : "");
   }
   return ddprun::kExitUsage;
 }

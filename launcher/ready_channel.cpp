@@ -7,7 +7,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <random>
 
@@ -17,8 +19,13 @@ ReadyChannel::ReadyChannel() {
   const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return;
   const int on = 1;
-  std::random_device random;
-  const std::string name = "ddprun-" + std::to_string(::getpid()) + "-" + std::to_string(random());
+  uint64_t nonce = 0;
+  try {
+    nonce = std::random_device()();
+  } catch (const std::exception&) {  // no entropy source: the time will do (the name only has to be unused)
+    nonce = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  }
+  const std::string name = "ddprun-" + std::to_string(::getpid()) + "-" + std::to_string(nonce);
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   std::memcpy(address.sun_path + 1, name.data(), name.size());  // sun_path[0] == 0: the abstract namespace

@@ -23,7 +23,9 @@ namespace ddprun::launcher {
 namespace {
 
 // The signals ddprun passes on to the ranks.
-constexpr int kForwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2};
+constexpr int kForwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+// Blocked in ddprun (main() blocks them first thing) but not in the launcher it starts.
+constexpr int kBlockedHere[] = {SIGPIPE, SIGXCPU, SIGXFSZ};
 
 using Clock = std::chrono::steady_clock;
 
@@ -144,9 +146,9 @@ class SignalQueue {
 // How one run of the launcher went.
 struct RunResult {
   JobEnd end;
-  int signalled = 0;  // the last signal passed on (or held) during the run, or 0
-  Clock::time_point signalled_at;
-  std::vector<int> never_passed;  // held for ranks that never became ready
+  int signalled = 0;                  // the last signal passed on (or held) during the run, or 0
+  Clock::time_point first_signal_at;  // when the first of them came
+  std::vector<int> never_passed;      // held for ranks that never became ready
 };
 
 // Reaps every exited child; true (and `status`) when `child` was one of them.
@@ -170,8 +172,9 @@ RunResult watch_run(pid_t child, const SignalQueue& signals, ReadyChannel& ready
   bool ranks_ready = options.signal_hold <= 0;
   std::vector<int> held;
   auto pass_on = [&](int signal, const std::string& note) {
-    // srun only prints its status on a first SIGINT; SIGTERM is what ends its tasks.
-    const int passed = options.launcher == "srun" && signal == SIGINT ? SIGTERM : signal;
+    // srun only prints its status on a first SIGINT; SIGTERM is what ends its tasks. SIGQUIT would make mpirun dump
+    // core and leave its ranks: the job gets SIGTERM instead.
+    const int passed = signal == SIGQUIT || (options.launcher == "srun" && signal == SIGINT) ? SIGTERM : signal;
     kill(child, passed);
     say(signal_name(signal) + ": passed on to the ranks" +
         (passed != signal ? " (as " + signal_name(passed) + ", which srun forwards)" : "") + note);
@@ -204,10 +207,11 @@ RunResult watch_run(pid_t child, const SignalQueue& signals, ReadyChannel& ready
         ended = reap(child, status) || ended;
         continue;
       }
+      if (result.signalled == 0) result.first_signal_at = Clock::now();
       result.signalled = signal;
-      result.signalled_at = Clock::now();
       if (!ranks_ready && is_preemption(signal)) {
-        held.push_back(signal);
+        // Held once per kind: a second SIGUSR1 in a row would take its default action in ddptrain's ranks.
+        if (std::find(held.begin(), held.end(), signal) == held.end()) held.push_back(signal);
         say(signal_name(signal) + ": held until the ranks catch it (they are still starting; at most " +
             seconds_text(options.signal_hold) + " after the start)");
         continue;
@@ -237,14 +241,17 @@ int wait_for_signal(const SignalQueue& signals, double seconds) {
   }
 }
 
-// Ends whatever of the job outlived the launcher, and says so; ddprun returns only after this.
-void end_leftovers(const std::string& launcher) {
+// Ends whatever of the job outlived the launcher, and says so; ddprun returns only after this. False when a
+// process could not be ended (or ddprun cannot see them: it is not their subreaper).
+bool end_leftovers(const std::string& launcher, bool subreaper) {
   const LeftoverReport leftovers = end_leftover_processes(kLeftoverGraceSeconds);
   if (leftovers.processes > 0) {
     say(std::to_string(leftovers.processes) + " process(es) of the job outlived " + launcher + "; ended them with " +
         (leftovers.killed ? "SIGTERM, then SIGKILL after " + seconds_text(kLeftoverGraceSeconds) : "SIGTERM") +
-        ", in " + seconds_text(std::round(leftovers.seconds * 100) / 100));
+        ", in " + seconds_text(std::round(leftovers.seconds * 100) / 100) +
+        (leftovers.complete ? "" : "; some did not end (see above)"));
   }
+  return subreaper && leftovers.complete;
 }
 
 }  // namespace
@@ -262,8 +269,10 @@ int supervise(const SupervisorOptions& options, const std::function<std::vector<
   sigprocmask(SIG_BLOCK, &watched, &original);
   child_mask = original;
   for (const int s : kForwarded) sigdelset(&child_mask, s);
+  for (const int s : kBlockedHere) sigdelset(&child_mask, s);
   sigdelset(&child_mask, SIGCHLD);
-  if (!become_subreaper())
+  const bool subreaper = become_subreaper();
+  if (!subreaper)
     say("warning: cannot become the subreaper of the job's processes (" + std::string(std::strerror(errno)) +
         "): ranks that outlive the launcher are not waited for");
   const SignalQueue signals(watched);
@@ -278,7 +287,7 @@ int supervise(const SupervisorOptions& options, const std::function<std::vector<
     }  // a report left over from an earlier run is not this one's
     const pid_t child = start_child(command_for(restart), child_mask);
     const RunResult run = watch_run(child, signals, ready, options);
-    end_leftovers(options.launcher);
+    const bool all_gone = end_leftovers(options.launcher, subreaper);
     const JobEnd& end = run.end;
     const int signalled = run.signalled;
     if (!run.never_passed.empty())
@@ -302,8 +311,11 @@ int supervise(const SupervisorOptions& options, const std::function<std::vector<
         return kExitPreempted;
       }
       case Decision::Stopped: {
-        say("the job ended after " + signal_name(signalled) + ": " + describe(end) + "; every process of it was gone " +
-            seconds_text(std::round(seconds_since(run.signalled_at) * 100) / 100) + " after the signal");
+        say("the job ended after " + signal_name(signalled) + ": " + describe(end) +
+            (all_gone ? "; every process of it was gone " +
+                            seconds_text(std::round(seconds_since(run.first_signal_at) * 100) / 100) +
+                            " after the first signal"
+                      : ""));
         // A preemption signal whose ranks did not report a saved checkpoint: still back to the queue, to continue
         // from whatever checkpoint they saved last.
         const std::string job = slurm_job_to_requeue(env);

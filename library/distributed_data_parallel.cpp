@@ -1,34 +1,51 @@
-// ddprun::DistributedDataParallel: the trainer's bucketed DDP engine behind the public options.
+// ddprun::DistributedDataParallel: the engine's bucketed DDP behind the public options.
 #include "ddprun/distributed_data_parallel.h"
 
-#include "trainer/distributed_data_parallel.h"
+#include "ddprun/errors.h"
+#include "engine/distributed_data_parallel.h"
+#include "library/access.h"
 
-#include <optional>
+#include <stdexcept>
 
 namespace ddprun {
 
-DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Module> module, ProcessGroup& group,
-                                                 DdpOptions options) {
-  trainer::DdpOptions engine;
+struct DistributedDataParallelBase::Impl {
+  std::unique_ptr<engine::DistributedDataParallel> engine;
+};
+
+DistributedDataParallelBase::DistributedDataParallelBase(std::shared_ptr<torch::nn::Module> module, ProcessGroup& group,
+                                                         DdpOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  if (!module) throw UsageError("DistributedDataParallel: the module is null");
+  if (!(options.bucket_cap_mb > 0 && options.bucket_cap_mb <= 65536))
+    throw UsageError("DdpOptions::bucket_cap_mb must be positive and at most 65536 (64 GiB)");
+  engine::DdpOptions engine;
   engine.bucket_cap_mb = options.bucket_cap_mb;
   engine.find_unused_parameters = options.find_unused_parameters;
   engine.broadcast_buffers = options.broadcast_buffers;
-  engine.compression = trainer::parse_grad_compression(options.gradient_dtype);
-  engine_ = std::make_unique<trainer::DistributedDataParallel>(std::move(module), group.communicator(), engine);
+  try {
+    engine.compression = engine::parse_grad_compression(options.gradient_dtype);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("DdpOptions::gradient_dtype: ") + e.what());
+  }
+  if (options.on_bucket_done) {
+    engine.on_bucket_done = [done = std::move(options.on_bucket_done)](const engine::BucketTiming& t) {
+      done({t.bucket, t.bytes, t.ready, t.done});
+    };
+  }
+  impl_->engine =
+      std::make_unique<engine::DistributedDataParallel>(std::move(module), LibraryAccess::communicator(group), engine);
 }
 
-DistributedDataParallel::~DistributedDataParallel() = default;
+DistributedDataParallelBase::~DistributedDataParallelBase() = default;
 
-void DistributedDataParallel::before_forward() { engine_->before_forward(); }
+void DistributedDataParallelBase::before_forward() { impl_->engine->before_forward(); }
 
-void DistributedDataParallel::zero_grad() { engine_->zero_grad(); }
+void DistributedDataParallelBase::zero_grad() { impl_->engine->zero_grad(); }
 
-struct DistributedDataParallel::NoSync::State {
-  explicit State(trainer::DistributedDataParallel& engine) : no_sync(engine) {}
-  trainer::DistributedDataParallel::NoSync no_sync;
-};
-
-DistributedDataParallel::NoSync::NoSync(DistributedDataParallel& ddp) : state_(std::make_unique<State>(*ddp.engine_)) {}
-DistributedDataParallel::NoSync::~NoSync() = default;
+DistributedDataParallelBase::NoSync::NoSync(DistributedDataParallelBase& ddp) : ddp_(ddp) {
+  ddp_.impl_->engine->set_sync(false);
+}
+DistributedDataParallelBase::NoSync::~NoSync() { ddp_.impl_->engine->set_sync(true); }
 
 }  // namespace ddprun

@@ -1,8 +1,7 @@
 // DDPRUN_INJECT_SIGNAL, read and fired.
 #include "trainer/fault_injection.h"
 
-#include "comm/launch_environment.h"
-#include "trainer/preemption.h"
+#include "ddprun/preemption_guard.h"
 
 #include <csignal>
 #include <cstdlib>
@@ -66,10 +65,10 @@ FaultInjection FaultInjection::parse(const std::string& value, int rank) {
   return injection;
 }
 
-FaultInjection FaultInjection::from_environment(int rank) {
+FaultInjection FaultInjection::from_environment(int rank, int restarts) {
   const char* value = std::getenv("DDPRUN_INJECT_SIGNAL");
   FaultInjection injection = parse(value ? value : "", rank);  // checked in every run, armed in the first only
-  if (comm::read_launch_environment().ddprun_restarts > 0) injection.signal_ = 0;
+  if (restarts > 0) injection.signal_ = 0;
   return injection;
 }
 

@@ -17,7 +17,8 @@ class FaultInjection {
   // The injection for this rank from DDPRUN_INJECT_SIGNAL's value; throws std::invalid_argument naming the variable
   // and what it cannot read.
   static FaultInjection parse(const std::string& value, int rank);
-  static FaultInjection from_environment(int rank);
+  // `restarts`: DDPRUN_RESTART_COUNT (a restarted job is not hit again).
+  static FaultInjection from_environment(int rank, int restarts);
 
   // Call after each training step (`steps_done` of `epoch` so far) and in evaluation.
   void after_step(int epoch, int64_t steps_done);

@@ -1,12 +1,11 @@
 // Parses ddptrain's flags and --config INI files with Boost.Program_options and checks every value's range.
 #include "trainer/options.h"
 
-#include "checkpoint/torch_file.h"
-#include "comm/comm_options.h"
 #include "common/small_file.h"
-#include "trainer/lr_scheduler.h"
-#include "trainer/optimizer.h"
-#include "trainer/preemption.h"
+#include "ddprun/checkpoint.h"
+#include "ddprun/launch_contract.h"
+#include "ddprun/lr_scheduler.h"
+#include "ddprun/preemption_guard.h"
 
 #include <boost/program_options.hpp>
 
@@ -23,13 +22,12 @@ const std::vector<std::string>& known_models() {
   return names;
 }
 
-namespace {
-
-std::string comm_timeout_text(double seconds) {
-  std::ostringstream text;
-  text << seconds;
-  return text.str();
+const std::vector<std::string>& known_optimizers() {
+  static const std::vector<std::string> names{"sgd", "sgd_nesterov", "adamw"};
+  return names;
 }
+
+namespace {
 
 po::options_description describe(TrainOptions& o) {
   po::options_description desc("ddptrain: the per-rank trainer (start it with ddprun or mpirun, one rank per device)");
@@ -104,9 +102,9 @@ po::options_description describe(TrainOptions& o) {
      "intra-op threads per rank (0: the node's cores divided by the ranks on the node)")
     ("backend", po::value(&o.backend)->default_value(o.backend),
      "collectives: auto (NCCL when the device is a GPU, else MPI), mpi or nccl")
-    ("comm-timeout", po::value(&o.comm_timeout)->default_value(o.comm_timeout, comm_timeout_text(o.comm_timeout)),
+    ("comm-timeout", po::value(&o.comm_timeout)->default_value(o.comm_timeout, "-1"),
      "seconds a collective may take before the job is aborted with a message naming the missing ranks (0: no limit;"
-     " default from DDPRUN_COMM_TIMEOUT, else 300)")
+     " -1: DDPRUN_COMM_TIMEOUT, else 300)")
     ("comm-check", po::bool_switch(&o.comm_check)->default_value(o.comm_check),
      "before every collective, check that all ranks pass the same tensor sizes (also DDPRUN_COMM_CHECK=1)")
     ("grad-sync", po::value(&o.grad_sync)->default_value(o.grad_sync),
@@ -149,15 +147,6 @@ void require(bool ok, const char* flag, T value, const char* rule) {
 ParseResult parse_options(int argc, const char* const argv[]) {
   ParseResult result;
   TrainOptions& o = result.options;
-  // The collective layer's environment gives the defaults of its flags.
-  comm::CommOptions from_env;
-  try {
-    from_env = comm::comm_options_from_env();
-  } catch (const std::invalid_argument& e) {
-    throw UsageError(std::string(e.what()) + "; fix or unset it");
-  }
-  o.comm_timeout = static_cast<double>(from_env.timeout.count()) / 1000.0;
-  o.comm_check = from_env.check_shapes;
   po::options_description desc = describe(o);
   po::variables_map vm, command_line, config;  // all values; and each source alone, to resolve --wd
   try {
@@ -216,8 +205,8 @@ ParseResult parse_options(int argc, const char* const argv[]) {
   }
   require_one_of("model", o.model, known_models(), "model");
   require_one_of("opt", o.opt, known_optimizers(), "optimizer");
-  require_one_of("lr-scheduler", o.lr_scheduler, known_lr_schedulers(), "learning-rate scheduler");
-  require_one_of("lr-warmup-method", o.lr_warmup_method, known_warmup_methods(), "warm-up method");
+  require_one_of("lr-scheduler", o.lr_scheduler, LrScheduler::known_names(), "learning-rate scheduler");
+  require_one_of("lr-warmup-method", o.lr_warmup_method, LrScheduler::known_warmup_methods(), "warm-up method");
   require(o.epochs >= 1, "epochs", o.epochs, "must be at least 1");
   require(o.batch_size >= 1, "batch-size", o.batch_size, "must be at least 1");
   // A learning rate above kMaxLearningRate diverges at the first step whatever the model (and 1e308 does not even fit
@@ -256,8 +245,8 @@ ParseResult parse_options(int argc, const char* const argv[]) {
   require_one_of("nan-policy", o.nan_policy, {"stop", "skip-step"}, "choice");
   if (!o.map_location.empty()) {
     try {
-      checkpoint::MapLocation::parse(o.map_location, c10::Device(c10::kCPU));
-    } catch (const std::invalid_argument& e) {
+      check_map_location(o.map_location);
+    } catch (const std::exception& e) {
       throw UsageError(std::string("--map-location: ") + e.what());
     }
   }
@@ -277,8 +266,8 @@ ParseResult parse_options(int argc, const char* const argv[]) {
           "must be positive and at most 65536 (64 GiB)");
   if (o.grad_compression != "none" && o.grad_compression != "fp16" && o.grad_compression != "bf16")
     throw UsageError("--grad-compression '" + o.grad_compression + "' is not known; choose none, fp16 or bf16");
-  require(o.comm_timeout >= 0 && o.comm_timeout <= comm::kMaxTimeoutSeconds, "comm-timeout", o.comm_timeout,
-          "must be from 0 (no limit) to 604800 (a week)");
+  require(o.comm_timeout == -1 || (o.comm_timeout >= 0 && o.comm_timeout <= kMaxCommTimeoutSeconds), "comm-timeout",
+          o.comm_timeout, "must be -1 (the default), 0 (no limit) or up to 604800 (a week)");
   if (o.output_dir.empty()) throw UsageError("--output-dir is empty; give a folder for checkpoints and metrics");
   return result;
 }

@@ -2,6 +2,8 @@
 // optionally an INI file (--config), where flags win.
 #pragma once
 
+#include "ddprun/errors.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -43,7 +45,8 @@ struct TrainOptions {
   int64_t test_limit = 0;
   int threads = 0;                // intra-op threads per rank; 0: cores on the node / ranks on the node
   std::string backend = "auto";   // the collective backend: auto (NCCL on GPUs, else MPI), mpi or nccl
-  double comm_timeout = 300;      // seconds a collective may take before the job is aborted; 0: no limit
+  double comm_timeout = -1;       // seconds a collective may take before the job is aborted; 0: no limit;
+                                  // -1: DDPRUN_COMM_TIMEOUT, else 300
   bool comm_check = false;        // compare tensor sizes across ranks before every collective
   std::string grad_sync = "ddp";  // ddp (the bucketed engine) or per-param (the baseline benchmarks compare with)
   double bucket_cap_mb = 25;      // DDP: gradient bucket size (the first bucket is 1 MiB)
@@ -54,11 +57,8 @@ struct TrainOptions {
   std::string config;
 };
 
-// A bad flag, value or config file: the message is one line that names the flag and says what to do.
-class UsageError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+// A bad flag, value or config file: ddprun::UsageError (exit code 2), one line that names the flag and says what to do.
+using ddprun::UsageError;
 
 struct ParseResult {
   TrainOptions options;
@@ -73,7 +73,8 @@ constexpr size_t kMaxConfigBytes = size_t{1} << 20;
 // paths that are not a readable regular file of at most kMaxConfigBytes.
 ParseResult parse_options(int argc, const char* const argv[]);
 
-// The model names --model accepts.
+// The model names --model accepts, and the optimizers --opt does.
 const std::vector<std::string>& known_models();
+const std::vector<std::string>& known_optimizers();
 
 }  // namespace ddprun::trainer

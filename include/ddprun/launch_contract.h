@@ -22,5 +22,8 @@ constexpr const char* kEnvProgress = "DDPRUN_PROGRESS";           // "1": ddprun
 constexpr const char* kEnvReadySocket = "DDPRUN_READY_SOCKET";
 // The message rank 0 sends there.
 constexpr const char* kReadyMessage = "ready";
+// The longest collective timeout, in seconds (a week): for DDPRUN_COMM_TIMEOUT, ProcessGroupOptions::timeout_seconds
+// and ddptrain's --comm-timeout alike.
+constexpr double kMaxCommTimeoutSeconds = 7 * 24 * 3600;
 
 }  // namespace ddprun

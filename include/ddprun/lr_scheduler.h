@@ -1,19 +1,20 @@
 // Learning-rate schedules for a torch::optim optimizer as torchvision's train.py builds them (StepLR or
 // CosineAnnealingLR, optionally after a linear or constant warm-up through SequentialLR), stepped once per epoch.
-// They compute what torch.optim.lr_scheduler computes, to the last bit, and their state_dict is Python's (LibTorch's
-// own StepLR has none to save).
+// With torch::optim's SGD or AdamW they compute what Python's torch.optim and torch.optim.lr_scheduler compute, to
+// the last bit, and their state_dict is Python's (LibTorch's own StepLR has none to save).
 #pragma once
 
 #include <torch/optim/optimizer.h>
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace ddprun {
-namespace trainer {
-class LrSchedule;
-class Optimizer;
-}  // namespace trainer
+
+// The largest learning rate (and weight decay, and StepLR gamma) the schedules and checkpoints accept: a larger one
+// diverges at the first step whatever the model.
+constexpr double kMaxLearningRate = 1000;
 
 struct LrSchedulerOptions {
   std::string name = "steplr";  // "steplr" or "cosineannealinglr"
@@ -29,7 +30,7 @@ struct LrSchedulerOptions {
 class LrScheduler {
  public:
   // Sets the first epoch's rate on `optimizer` (one parameter group), as Python's constructors do. Throws
-  // std::invalid_argument for unknown names or values.
+  // UsageError (errors.h) for unknown names or values.
   LrScheduler(torch::optim::Optimizer& optimizer, const LrSchedulerOptions& options);
   ~LrScheduler();
   LrScheduler(const LrScheduler&) = delete;
@@ -37,14 +38,15 @@ class LrScheduler {
 
   void step();             // at the end of each epoch
   double last_lr() const;  // the rate the last step set
+  torch::optim::Optimizer& optimizer() const;
 
-  // For the checkpoint functions (checkpoint.h): the schedule and the rate it keeps in step with the optimizer.
-  trainer::LrSchedule& schedule();
-  trainer::Optimizer& rate();
+  static const std::vector<std::string>& known_names();           // "steplr", "cosineannealinglr"
+  static const std::vector<std::string>& known_warmup_methods();  // "linear", "constant"
 
  private:
-  std::unique_ptr<trainer::Optimizer> rate_;
-  std::unique_ptr<trainer::LrSchedule> schedule_;
+  struct Impl;
+  friend struct LibraryAccess;
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace ddprun

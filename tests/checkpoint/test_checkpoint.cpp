@@ -3,6 +3,7 @@
 // messages, atomic saving, and interop with Python's torch.save/torch.load through tests/checkpoint/interop.py.
 #include "checkpoint/async_saver.h"
 #include "checkpoint/atomic_file.h"
+#include "checkpoint/checkpoint_folder.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/pickle_reader.h"
 #include "checkpoint/pickle_writer.h"
@@ -803,19 +804,26 @@ TEST_F(CheckpointTest, PickleMemoryBudget) {
     dict += 'N';
   }
   dict += "u.";
+  // One 4 MB string, then a memo slot for it and a million fetches of it: copies must share the bytes.
+  std::string strings = B("\x80\x02X") + std::string("\0\0\x40\0", 4) + std::string(4 << 20, 's') + B("q\0");
+  while (strings.size() + 3 < lists.size()) strings += B("h\0");
+  strings += ".";
   const size_t budget_mib = (kPickleBudgetBaseBytes + kPickleBudgetPerByte * lists.size()) >> 20;
   for (const auto& [name, pickle] : {std::pair<const char*, std::string>{"lists.pt", lists},
                                      {"nones.pt", nones},
                                      {"memo.pt", memo},
-                                     {"dict.pt", dict}}) {
+                                     {"dict.pt", dict},
+                                     {"strings.pt", strings}}) {
     write_zip(name, {{"data.pkl", pickle}});
     const MeasuredLoad m = measure_load(path(name));
     const bool refused = m.error.find("unpickling needs more than " + std::to_string(budget_mib) +
                                       " MiB, the budget for a pickle of " + std::to_string(pickle.size()) +
                                       " bytes (64 MiB plus 64 bytes per byte); a checkpoint holds far fewer objects "
                                       "than this file builds") != std::string::npos;
-    // The dict's 833,000 entries fit their budget: loaded. The others build far more than theirs: refused.
-    EXPECT_EQ(refused, std::string(name) != "dict.pt") << name << ": " << m.error;
+    // The dict's 833,000 entries and the shared string fit their budget: loaded. The others build far more than
+    // theirs: refused.
+    const bool fits = std::string(name) == "dict.pt" || std::string(name) == "strings.pt";
+    EXPECT_EQ(refused, !fits) << name << ": " << m.error;
     EXPECT_LT(m.peak_mib, 1.5 * static_cast<double>(budget_mib)) << name << ": the budget does not bound memory";
     std::printf("%s: %s at a peak of %.0f MiB (budget %zu MiB)\n", name, refused ? "refused" : "loaded", m.peak_mib,
                 budget_mib);
@@ -1038,7 +1046,8 @@ TEST_F(CheckpointTest, StaleTemporariesOfDeadWritersAreRemoved) {
   writing.write("x", 1);
   write_file("notes.tmp.txt", "mine");
   write_file("model_5.pth.tmp.host.abc", "not our naming");
-  const std::vector<StaleTemporary> removed = remove_stale_temporaries(dir_);
+  write_file("notes.tmp.1", "another program's, with a pid-like suffix");
+  const std::vector<StaleTemporary> removed = remove_stale_temporaries(dir_, CheckpointFolder::is_checkpoint_name);
   std::vector<std::string> names;
   for (const StaleTemporary& r : removed) names.push_back(fs::path(r.path).filename().string());
   std::sort(names.begin(), names.end());
@@ -1048,7 +1057,8 @@ TEST_F(CheckpointTest, StaleTemporariesOfDeadWritersAreRemoved) {
   EXPECT_GT(removed[0].bytes + removed[1].bytes, AtomicFile::kDirectMinBytes);
   EXPECT_TRUE(fs::exists(AtomicFile::temporary_path(path("model_4.pth"))));  // its writer holds it
   writing.commit();
-  EXPECT_EQ(files(), (std::vector<std::string>{"model_4.pth", "model_5.pth.tmp.host.abc", "notes.tmp.txt"}));
+  EXPECT_EQ(files(),
+            (std::vector<std::string>{"model_4.pth", "model_5.pth.tmp.host.abc", "notes.tmp.1", "notes.tmp.txt"}));
 }
 
 // Write errors (here the file-size limit, as a full disk would) name the path and the errno text, and leave the

@@ -45,7 +45,7 @@ wait "$pid" || code=$?
 where=$(sed -n 's/^preempted after epoch \([0-9]*\) step \([0-9]*\)$/\1, step \2/p' "$work/pre.out")
 [ -n "$where" ] || fail "the run did not say where it stopped: $(cat "$work/pre.out")"
 "$ddprun" --np 2 -- "$work/build/train" "$work/pre" > "$work/resume.out" 2>&1 || fail "the resume failed: $(cat "$work/resume.out")"
-grep -q "^ddprun: resumed from $work/pre/checkpoint.pth: continuing at epoch $where$" "$work/resume.out" ||
+grep -q "^ddprun: resumed from $work/pre/checkpoint.pth: continuing at epoch $where with lr " "$work/resume.out" ||
   fail "the resume did not continue at epoch $where: $(cat "$work/resume.out")"
 /usr/bin/python3 "$source_dir/tests/e2e/same_state.py" "$work/ref/checkpoint.pth" "$work/pre/checkpoint.pth" ||
   fail "preempted and resumed: not bit-identical to the uninterrupted run"
@@ -81,7 +81,7 @@ torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "lr_schedu
             "epoch": 0}, sys.argv[1])
 PY
 "$ddprun" --np 2 -- "$work/build/train" "$work/py" > "$work/py.out" 2>&1 || fail "resuming Python's checkpoint failed: $(cat "$work/py.out")"
-grep -q "^ddprun: resumed from $work/py/checkpoint.pth: continuing at epoch 1, step 0 (the file holds no random states" \
+grep -q "^ddprun: resumed from $work/py/checkpoint.pth: continuing at epoch 1 with lr 0.05 (the file holds no random states" \
   "$work/py.out" || fail "Python's checkpoint was not resumed at epoch 1: $(cat "$work/py.out")"
 grep -q "^epoch 2 loss" "$work/py.out" || fail "the run from Python's checkpoint did not finish: $(cat "$work/py.out")"
 echo "PASSED: installed, built against with find_package(ddprun), preempted at epoch $where, resumed bit-identically; Python and C++ resume each other's checkpoints"

@@ -18,7 +18,7 @@ struct Net : torch::nn::Module {
   torch::Tensor forward(torch::Tensor x) { return fc2(dropout(torch::relu(fc1(x)))); }
 };
 
-int main(int argc, char** argv) {
+int train(int argc, char** argv) {
   const std::string out = argc > 1 ? argv[1] : "out";
   const int64_t epochs = 3, batch = 32, samples = 131072;
   ddprun::ProcessGroup group = ddprun::init_process_group();  // MPI, this rank, its device
@@ -32,11 +32,13 @@ int main(int argc, char** argv) {
   ddprun::LrSchedulerOptions schedule;
   schedule.step_size = 2;
   ddprun::LrScheduler scheduler(optimizer, schedule);  // StepLR, with a state Python reads
+  ddprun::DistributedSampler sampler(samples, group);  // Python's DistributedSampler order
+  ddprun::TrainingState state(*net);                   // what the checkpoint holds, as torchvision's dict
+  state.optimizer(optimizer).lr_scheduler(scheduler).sampler(sampler, batch);
   ddprun::CheckpointOptions where;
   where.directory = out;
-  ddprun::CheckpointManager checkpoints(group, {net.get(), &optimizer, &scheduler}, where);
+  ddprun::CheckpointManager checkpoints(group, state, where);
   const ddprun::ResumePoint start = checkpoints.resume_auto();
-  ddprun::DistributedSampler sampler(samples, group.rank(), group.world_size(), /*shuffle=*/true, /*seed=*/0);
   for (int64_t epoch = start.epoch; epoch < epochs; ++epoch) {
     sampler.set_epoch(epoch);
     const torch::Tensor order = sampler.indices();
@@ -44,10 +46,9 @@ int main(int argc, char** argv) {
     torch::Tensor loss = torch::zeros({2});  // this run's sum of losses in the epoch, and its steps
     for (int64_t step = epoch == start.epoch ? start.step : 0; step < steps; ++step) {
       const torch::Tensor idx = order.slice(0, step * batch, (step + 1) * batch);
-      ddp.before_forward();
       const torch::Tensor batch_loss = torch::nn::functional::cross_entropy(
-          net->forward(x.index_select(0, idx).to(group.device())), y.index_select(0, idx).to(group.device()));
-      ddp.zero_grad();  // in place, in DDP's gradient buckets
+          ddp(x.index_select(0, idx).to(group.device())), y.index_select(0, idx).to(group.device()));
+      optimizer.zero_grad();
       batch_loss.backward();
       optimizer.step();
       loss += torch::stack({batch_loss.detach().cpu(), torch::ones({})});
@@ -64,3 +65,5 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+
+int main(int argc, char** argv) { return ddprun::run_main(argc, argv, train); }  // errors: one line, ddprun's codes

@@ -27,7 +27,7 @@ case "$case_name" in
     expect="'$work/data/train-images-idx3-ubyte' claims more than 4 GiB of data in its header; it is not an MNIST-style file" ;;
   unknown_model)  args=(--model resnet9000); code=2; expect="--model 'resnet9000' is not a known model; choose one of: mnist_cnn, mlp, resnet18" ;;
   unknown_backend) args=(--backend gloo); code=2; expect="--backend 'gloo' is not a backend; choose auto, mpi or nccl" ;;
-  bad_comm_timeout) args=(--comm-timeout -1); code=2; expect="--comm-timeout -1 is out of range: must be from 0 (no limit) to 604800 (a week)" ;;
+  bad_comm_timeout) args=(--comm-timeout -2); code=2; expect="--comm-timeout -2 is out of range: must be -1 (the default), 0 (no limit) or up to 604800 (a week)" ;;
   # No GPU here: NCCL refuses to start (or this build has none), on every rank, with what to do instead.
   nccl_without_gpu) args=(--backend nccl); code=3; expect="use --backend mpi" ;;
   bad_accum_steps) args=(--accum-steps 0); code=2; expect="--accum-steps 0 is out of range: must be at least 1" ;;
@@ -47,14 +47,14 @@ case "$case_name" in
   lr_min_inf)     args=(--lr-min inf --lr-scheduler cosineannealinglr); code=2
                   expect="--lr-min inf is out of range: must be a finite number" ;;
   comm_timeout_huge) args=(--comm-timeout 1e300); code=2
-                  expect="--comm-timeout 1e+300 is out of range: must be from 0 (no limit) to 604800 (a week)" ;;
+                  expect="--comm-timeout 1e+300 is out of range: must be -1 (the default), 0 (no limit) or up to 604800 (a week)" ;;
   # Noticed at start (exit 3, not retried), not after the first epoch (exit 1, which --max-restarts would retry).
   # Root writes anywhere, so the folder is a read-only bind mount in a mount namespace of the test's own.
   output_readonly)
     mkdir "$work/ro"
     small=(--train-limit 64 --test-limit 64 --epochs 1 --threads 1 --output-dir "$work/ro")
     wrap=(unshare --mount sh -c 'mount --bind -o ro "$0" "$0" && exec "$@"' "$work/ro")
-    args=(); code=3; expect="--output-dir '$work/ro' is not writable (Read-only file system); checkpoints and metrics go there" ;;
+    args=(); code=3; expect="--output-dir '$work/ro' is not writable (Read-only file system); checkpoints go there: give a folder this user can write" ;;
   resume_missing) args=(--resume "$work/none.pth"); code=3; expect="cannot read checkpoint '$work/none.pth': No such file or directory" ;;
   resume_not_zip)
     echo "not a checkpoint" > "$work/notes.pth"
@@ -84,14 +84,14 @@ s = torch.optim.lr_scheduler.StepLR(o, 3)
 torch.save({'model': m.state_dict(), 'optimizer': o.state_dict(), 'lr_scheduler': s.state_dict(), 'epoch': 0},
            '$work/sgd.pth')"
     args=(--resume "$work/sgd.pth" --opt adamw); code=3
-    expect="--resume '$work/sgd.pth': optimizer state is not AdamW's (its parameter group has no 'betas'); resume with the --opt it was saved with" ;;
+    expect="--resume '$work/sgd.pth': optimizer state is not AdamW's (its parameter group has no 'betas'); resume with the optimizer it was saved with" ;;
   output_unwritable)
     touch "$work/file"
     small=(--train-limit 64 --test-limit 64 --epochs 1 --threads 1 --output-dir "$work/file/out")
     args=(); code=3; expect="cannot create --output-dir '$work/file/out'" ;;
   ranks_disagree)
     # Two ranks started with different flags (an MPMD launch stands in for nodes with different config files).
-    args=(); code=3; expect="error on rank 1: this rank's run differs from rank 0's: lr is 0.2 here but 0.1 on rank 0; give every rank the same flags, config file and data"
+    args=(); code=3; expect="error on rank 1: this rank's run (its flags, config file and data) differs from rank 0's: lr is 0.2 here but 0.1 on rank 0; make it the same on every rank"
     mpmd=(-np 1 "$bin/ddptrain" "${small[@]}" --lr 0.1 : -np 1 "$bin/ddptrain" "${small[@]}" --lr 0.2) ;;
   *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac

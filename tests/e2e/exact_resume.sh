@@ -42,7 +42,7 @@ same "$work/ref/checkpoint.pth" "$work/async/checkpoint.pth" "--async-save: stop
 # Another world size: re-derived, reported, trained to the end.
 run 2 "$work/grow" --stop-after-steps 2 > /dev/null
 run 3 "$work/grow" --resume auto > "$work/grow.out" 2>&1 || fail "the 3-rank resume failed: $(cat "$work/grow.out")"
-grep -q "the checkpoint was written by 2 rank(s) with --batch-size 32; this run has 3 with 32" "$work/grow.out" ||
+grep -q "written by 2 rank(s) with batch size 32, this run has 3 with 32: the data order and the random streams are re-derived" "$work/grow.out" ||
   fail "no report of the world-size change: $(cat "$work/grow.out")"
 grep -q "^epoch 1/1" "$work/grow.out" || fail "the 3-rank resume did not train to the end"
 echo "PASSED: stopped after 1, 2, 4, 5 steps (and with --async-save) and resumed: bit-identical to the uninterrupted run; a 3-rank resume re-derives and finishes"

@@ -51,7 +51,7 @@ check step_size_zero "ck['lr_scheduler']['step_size'] = 0" "lr_scheduler state's
 check nan_weights "ck['model']['conv1.weight'][0, 0, 0, 0] = math.nan" \
   "its model entry 'conv1.weight' holds NaN or inf values: the run that saved it had diverged"
 check nan_momentum "ck['optimizer']['state'][0]['momentum_buffer'][0] = math.inf" \
-  "optimizer momentum buffer 0 holds NaN or inf values"
+  "optimizer state: momentum_buffer of parameter 0 holds NaN or inf values"
 
 # --resume auto: the newest file (checkpoint.pth) has NaN weights; model_0.pth, the end of epoch 0, is good.
 mkdir -p "$work/auto"

@@ -30,7 +30,7 @@ echo "stop: exit 4 at step $step; checkpoint.pth is the one saved before that st
 code=0
 "$bin/ddprun" --np 2 -- ddptrain "${small[@]}" --nan-policy skip-step --output-dir "$work/skip" \
   > "$work/skip.out" 2> "$work/skip.err" || code=$?
-skipped=$(grep -c "every rank skipped that step's update (--nan-policy skip-step)" "$work/skip.err" || true)
+skipped=$(grep -c "every rank skipped that step's update (NanPolicy::SkipStep)" "$work/skip.err" || true)
 [ "$skipped" -ge 1 ] || fail "no step was skipped: $(cat "$work/skip.err")"
 case $code in
   0) grep -q "^epoch 1/1" "$work/skip.out" || fail "skip-step did not train to the end" ;;

@@ -46,9 +46,9 @@ grep -q "^epoch 1/1" "$work/continue.log" || fail "--on-save-error continue did 
 # it does not exit 0 (it did, saying "the previous one is intact" with nothing on disk).
 for f in checkpoint.pth model_0.pth model_1.pth; do mkdir -p "$work/never/$f/x"; done
 expect_exit 1 "$work/never.log" "$work/never" --epochs 2 --on-save-error continue
-grep -q "training continues without this checkpoint (--on-save-error continue); there is no checkpoint yet" \
+grep -q "training continues without this checkpoint (OnSaveError::Warn); there is no checkpoint yet" \
   "$work/never.log" || fail "the warning claims a previous checkpoint: $(cat "$work/never.log")"
-grep -q "no checkpoint could be written in this run (see the warnings above) and there was none before" \
+grep -q "no checkpoint could be written in this run (see the warnings above): there is none on disk" \
   "$work/never.log" || fail "no final error for a run without any checkpoint: $(cat "$work/never.log")"
 
 # Reading: plain, broadcast by rank 0, and with a map_location, all reach the same state.

@@ -1,17 +1,26 @@
 // The launcher's rules, one function at a time: Slurm's list syntax, how many ranks on which hosts, the command
 // line, the arguments of a restart, and what ddprun decides after a job ends.
+#include "ddprun/launch_contract.h"
+#include "launcher/child_processes.h"
 #include "launcher/hostlist.h"
 #include "launcher/job_shape.h"
 #include "launcher/launch_command.h"
 #include "launcher/launch_options.h"
+#include "launcher/ready_channel.h"
 #include "launcher/supervisor.h"
 
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <csignal>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -166,13 +175,13 @@ TEST(JobShape, ReadsOnlyASmallRegularFileAsHostfile) {
   EXPECT_EQ(refusal([] { read_hostfile("/dev/zero"); }),
             "--hostfile '/dev/zero' is not a regular file (a device, pipe or socket); give the path of a file");
   EXPECT_EQ(refusal([] { read_hostfile("/tmp"); }), "--hostfile '/tmp' is a folder; give the path of a file");
-  const std::string fifo = "/tmp/ddprun_hostfile_fifo";
+  const std::string fifo = "/tmp/ddprun_hostfile_fifo_" + std::to_string(getpid());
   std::remove(fifo.c_str());
   ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
   EXPECT_EQ(refusal([&] { read_hostfile(fifo); }),  // and without waiting for a writer
             "--hostfile '" + fifo + "' is not a regular file (a device, pipe or socket); give the path of a file");
   std::remove(fifo.c_str());
-  const std::string big = "/tmp/ddprun_hostfile_big";
+  const std::string big = "/tmp/ddprun_hostfile_big_" + std::to_string(getpid());
   {
     std::ofstream out(big);
     for (int i = 0; i < 200000; ++i) out << "node" << i << " slots=1\n";
@@ -316,6 +325,59 @@ TEST(Supervisor, DecidesWhatComesAfterAJob) {
   EXPECT_EQ(restart_delay(options, 0), 1);
   EXPECT_EQ(restart_delay(options, 3), 8);
   EXPECT_EQ(restart_delay(options, 10), kMaxRestartDelay);
+}
+
+// As a subreaper, ddprun inherits a grandchild whose parent exited (a rank whose mpirun exited) and ends it, with
+// SIGKILL when it ignores SIGTERM, before end_leftover_processes returns.
+TEST(ChildProcesses, LeftoversAreInheritedAndEnded) {
+  ASSERT_TRUE(become_subreaper());
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t child = fork();
+  if (child == 0) {
+    if (fork() == 0) {  // the grandchild: ignores SIGTERM, outlives its parent
+      std::signal(SIGTERM, SIG_IGN);
+      ssize_t ignored = write(ready[1], "x", 1);
+      (void)ignored;
+      for (;;) pause();
+    }
+    _exit(0);
+  }
+  char byte = 0;
+  ASSERT_EQ(read(ready[0], &byte, 1), 1);
+  waitpid(child, nullptr, 0);
+  ASSERT_EQ(children_of(getpid()).size(), 1u);  // the grandchild, now ours
+  const LeftoverReport report = end_leftover_processes(0.2);
+  EXPECT_EQ(report.processes, 1);
+  EXPECT_TRUE(report.killed);
+  EXPECT_TRUE(report.complete);
+  EXPECT_GE(report.seconds, 0.2);
+  EXPECT_TRUE(children_of(getpid()).empty());
+  close(ready[0]);
+  close(ready[1]);
+}
+
+// The ready channel takes the ready message from a process of this user, and nothing else.
+TEST(ReadyChannel, TakesTheRanksReport) {
+  ReadyChannel channel;
+  ASSERT_GE(channel.fd(), 0);
+  ASSERT_EQ(channel.address().rfind("@ddprun-", 0), 0u) << channel.address();
+  EXPECT_FALSE(channel.receive_ready());
+  auto send = [&](const std::string& text) {
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    const std::string name = channel.address().substr(1);
+    std::memcpy(address.sun_path + 1, name.data(), name.size());
+    const int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    sendto(fd, text.data(), text.size(), 0, reinterpret_cast<const sockaddr*>(&address),
+           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size()));
+    close(fd);
+  };
+  send("hello");
+  EXPECT_FALSE(channel.receive_ready());
+  send(ddprun::kReadyMessage);
+  EXPECT_TRUE(channel.receive_ready());
+  EXPECT_FALSE(channel.receive_ready());  // read once
 }
 
 TEST(Supervisor, RequeuesTheRightSlurmJob) {

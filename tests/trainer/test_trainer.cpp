@@ -1,16 +1,11 @@
-// Unit tests of ddptrain's pieces: flags, IDX files, the distributed sampler (against Python's), SGD (against
-// LibTorch's port of torch.optim.SGD), the optimizers and learning-rate schedules against Python's (to the last bit,
-// and resumed from each other's state dicts both ways) and the models' state dicts.
+// Unit tests of ddptrain's pieces: flags, IDX files, the models' state dicts, fault injection.
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
-#include "ddprun/distributed_sampler.h"
+#include "tests/test_helpers.h"
 #include "trainer/fault_injection.h"
 #include "trainer/idx_dataset.h"
-#include "trainer/lr_scheduler.h"
 #include "trainer/models.h"
 #include "trainer/options.h"
-#include "trainer/preemption.h"
-#include "trainer/sgd.h"
 
 #include <gtest/gtest.h>
 #include <torch/optim/sgd.h>
@@ -46,27 +41,8 @@ std::string usage_error(std::vector<std::string> args) {
   return "no error";
 }
 
-// Output of tests/trainer/pytorch_reference.py, one vector of numbers per line.
-std::vector<std::vector<double>> python_reference(const std::string& args) {
-  const std::string command =
-      "/usr/bin/python3 " + std::string(DDPRUN_SOURCE_DIR) + "/tests/trainer/pytorch_reference.py " + args;
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
-  std::vector<std::vector<double>> lines;
-  char buffer[1 << 16];
-  while (pipe && fgets(buffer, sizeof buffer, pipe.get())) {
-    std::istringstream in(buffer);
-    lines.emplace_back();
-    for (double v; in >> v;) lines.back().push_back(v);
-  }
-  return lines;
-}
-
-fs::path temp_folder(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("ddprun_test_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+using ddprun::test_support::python_reference;
+using ddprun::test_support::temp_folder;
 
 std::string idx_bytes(const std::vector<uint32_t>& shape, const std::vector<uint8_t>& data, int dims) {
   std::string bytes{'\0', '\0', '\x08', static_cast<char>(dims)};
@@ -185,253 +161,6 @@ TEST(IdxDataset, LoadsFashionMnistWithALimit) {
   EXPECT_NEAR(images.min().item<double>(), -0.1307 / 0.3081, 1e-5);
 }
 
-TEST(DistributedSampler, MatchesPyTorchIndexForIndex) {
-  for (auto [n, world, seed, epoch] : std::vector<std::tuple<int, int, int, int>>{
-           {10, 3, 0, 0}, {101, 2, 1, 4}, {5, 4, 42, 1}, {2, 3, 7, 9}, {2, 5, 3, 0}}) {
-    auto expected = python_reference("sampler " + std::to_string(n) + " " + std::to_string(world) + " " +
-                                     std::to_string(seed) + " " + std::to_string(epoch));
-    ASSERT_EQ(static_cast<int>(expected.size()), world) << "python reference failed";
-    for (int rank = 0; rank < world; ++rank) {
-      ddprun::DistributedSampler sampler(n, rank, world, /*shuffle=*/true, seed);
-      sampler.set_epoch(epoch);
-      at::Tensor got = sampler.indices();
-      ASSERT_EQ(got.size(0), static_cast<int64_t>(expected[rank].size()));
-      for (int64_t i = 0; i < got.size(0); ++i)
-        EXPECT_EQ(got[i].item<int64_t>(), static_cast<int64_t>(expected[rank][i])) << "n=" << n << " rank=" << rank;
-    }
-  }
-}
-
-TEST(DistributedSampler, EpochsReshuffleAndRanksCoverEverySample) {
-  ddprun::DistributedSampler a(1000, 0, 2, true, 3), b(1000, 1, 2, true, 3);
-  at::Tensor all = at::cat({a.indices(), b.indices()});
-  EXPECT_EQ(std::get<0>(at::_unique(all)).size(0), 1000);
-  at::Tensor first = a.indices();
-  a.set_epoch(1);
-  EXPECT_FALSE(first.equal(a.indices()));
-}
-
-TEST(Sgd, ComputesWhatTorchOptimSgdComputes) {
-  for (bool nesterov : {false, true}) {
-    torch::manual_seed(0);
-    at::Tensor w = torch::randn({4, 3}, torch::requires_grad()), w_ref = w.detach().clone().requires_grad_(true);
-    SgdOptions options;
-    options.lr = 0.1;
-    options.momentum = 0.9;
-    options.weight_decay = 0.01;
-    options.nesterov = nesterov;
-    Sgd ours({w}, options);
-    torch::optim::SGD reference({w_ref},
-                                torch::optim::SGDOptions(0.1).momentum(0.9).weight_decay(0.01).nesterov(nesterov));
-    for (int step = 0; step < 5; ++step) {
-      at::Tensor target = torch::randn({4, 3});
-      ours.zero_grad();
-      reference.zero_grad();
-      (w * target).pow(2).sum().backward();
-      (w_ref * target).pow(2).sum().backward();
-      ours.step();
-      reference.step();
-      ASSERT_TRUE(w.allclose(w_ref, 1e-6, 1e-7)) << "nesterov=" << nesterov << " step " << step;
-    }
-  }
-}
-
-TEST(Sgd, StateDictHasPythonsLayoutAndRestores) {
-  at::Tensor w = torch::ones({2, 2}, torch::requires_grad()), unused = torch::ones({3}, torch::requires_grad());
-  SgdOptions options;
-  options.lr = 0.5;
-  options.momentum = 0.9;
-  Sgd sgd({w, unused}, options);
-  w.sum().backward();
-  sgd.step();
-  auto state = sgd.state_dict();
-  const auto& group = state.at("param_groups").items().at(0);
-  for (const char* key :
-       {"lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach", "differentiable", "params"})
-    EXPECT_NE(group.find(key), nullptr) << key;
-  EXPECT_EQ(group.at("params").items().size(), 2u);
-  EXPECT_TRUE(state.at("state").at(int64_t{0}).at("momentum_buffer").to_tensor().equal(torch::ones({2, 2})));
-  EXPECT_EQ(state.at("state").find(int64_t{1}), nullptr);  // no gradient yet, so no state, as in Python
-
-  at::Tensor w2 = w.detach().clone().requires_grad_(true);
-  Sgd restored({w2, unused}, SgdOptions{});
-  restored.load_state_dict(state);
-  EXPECT_DOUBLE_EQ(restored.lr(), 0.5);
-  EXPECT_DOUBLE_EQ(restored.options().momentum, 0.9);
-  // The next step uses the restored momentum: both optimizers move their weights identically.
-  for (auto* pair : {&sgd, &restored}) pair->zero_grad();
-  (w * 3).sum().backward();
-  (w2 * 3).sum().backward();
-  sgd.step();
-  restored.step();
-  EXPECT_TRUE(w.equal(w2));
-  EXPECT_FALSE(w.equal(torch::ones({2, 2}) - 0.5 - 0.5 * 3));  // not a first step: momentum was used
-  Sgd wrong({w}, SgdOptions{});
-  EXPECT_THROW(wrong.load_state_dict(state), std::runtime_error);
-}
-
-namespace {
-
-struct OptimConfig {
-  std::string opt, schedule;
-  int warmup_epochs = 0;
-  std::string warmup_method = "constant";
-  int save_after = 0;  // the epoch after which each side writes its state for the other to resume from
-};
-constexpr int kOptimEpochs = 7;
-
-// What tests/trainer/pytorch_reference.py's optim mode does on the Python side, here with ddptrain's classes: the
-// epochs' rates and the final tensors, flattened.
-struct Trajectory {
-  std::vector<double> rates, params;
-};
-
-Trajectory run_optim(const OptimConfig& c, std::vector<at::Tensor> params, const ddprun::checkpoint::Value* resume,
-                     const fs::path& save_to) {
-  OptimizerOptions optimizer_options;
-  optimizer_options.name = c.opt;
-  optimizer_options.lr = 0.1;
-  optimizer_options.momentum = 0.9;
-  optimizer_options.weight_decay = 1e-4;
-  auto optimizer = make_optimizer(params, optimizer_options);
-  LrScheduleOptions schedule_options;
-  schedule_options.name = c.schedule;
-  schedule_options.epochs = kOptimEpochs;
-  schedule_options.step_size = 2;
-  schedule_options.gamma = 0.5;
-  schedule_options.lr_min = 0.001;
-  schedule_options.warmup_epochs = c.warmup_epochs;
-  schedule_options.warmup_method = c.warmup_method;
-  schedule_options.warmup_decay = 0.1;
-  auto schedule = make_lr_schedule(*optimizer, schedule_options);
-  int first_epoch = 0;
-  if (resume) {
-    optimizer->load_state_dict(resume->at("optimizer"));
-    schedule->load_state_dict(resume->at("lr_scheduler"));
-    first_epoch = static_cast<int>(resume->at("epoch").to_int()) + 1;
-  }
-  Trajectory out;
-  for (int epoch = first_epoch; epoch < kOptimEpochs; ++epoch) {
-    out.rates.push_back(optimizer->lr());
-    for (int s = 0; s < 2; ++s) {
-      const int t = 2 * epoch + s;
-      for (at::Tensor& p : params) p.mutable_grad() = at::cos(p.detach() * static_cast<double>(t + 1)) + 0.1 * t;
-      optimizer->step();
-    }
-    schedule->step();
-    if (!save_to.empty() && epoch == c.save_after) {
-      ddprun::checkpoint::Value list = ddprun::checkpoint::Value::list();
-      for (const at::Tensor& p : params) list.append(p.detach().clone());
-      ddprun::checkpoint::save(ddprun::checkpoint::Value::dict({{"params", list},
-                                                                {"optimizer", optimizer->state_dict()},
-                                                                {"lr_scheduler", schedule->state_dict()},
-                                                                {"epoch", static_cast<int64_t>(epoch)}}),
-                               save_to);
-    }
-  }
-  at::Tensor flat = at::cat({params[0].detach().flatten(), params[1].detach().flatten()}).to(at::kDouble);
-  out.params.assign(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
-  return out;
-}
-
-std::vector<at::Tensor> optim_start_params() {
-  return {torch::linspace(-1, 1, 12).view({3, 4}).requires_grad_(), torch::linspace(0.5, -0.5, 5).requires_grad_()};
-}
-
-std::string describe(const OptimConfig& c) {
-  return c.opt + " " + c.schedule + " warm-up " + std::to_string(c.warmup_epochs) + " " + c.warmup_method;
-}
-
-}  // namespace
-
-// --opt and --lr-scheduler compute what torch.optim computes, bit for bit, and a run resumed from either side's
-// checkpoint (Python resuming ours, ddptrain resuming Python's) continues exactly as the uninterrupted run.
-TEST(OptimizerAndSchedule, MatchPythonBitForBitAndResumeFromEachOthersState) {
-  const fs::path dir = temp_folder("optim");
-  const std::vector<OptimConfig> configs{{"sgd", "steplr", 0, "constant", 3},
-                                         {"adamw", "cosineannealinglr", 2, "linear", 1},
-                                         {"sgd_nesterov", "cosineannealinglr", 0, "constant", 4},
-                                         {"adamw", "steplr", 3, "constant", 1}};
-  for (const OptimConfig& c : configs) {
-    SCOPED_TRACE(describe(c));
-    const Trajectory full = run_optim(c, optim_start_params(), nullptr, dir / "cpp.pth");
-    const auto python = python_reference("optim " + c.opt + " " + c.schedule + " " + std::to_string(c.warmup_epochs) +
-                                         " " + c.warmup_method + " " + std::to_string(kOptimEpochs) + " " +
-                                         std::to_string(c.save_after) + " " + dir.string());
-    ASSERT_EQ(python.size(), 4u) << "python reference failed";
-    EXPECT_EQ(full.rates, python[0]) << "learning rates differ from Python's";
-    EXPECT_EQ(full.params, python[1]) << "weights differ from Python's";
-    const std::vector<double> tail(full.rates.begin() + c.save_after + 1, full.rates.end());
-    EXPECT_EQ(python[2], tail) << "Python resumed from our checkpoint and its rates went elsewhere";
-    EXPECT_EQ(python[3], full.params) << "Python resumed from our checkpoint and its weights went elsewhere";
-
-    const auto saved = ddprun::checkpoint::load(dir / "py.pth", c10::Device(c10::kCPU));
-    std::vector<at::Tensor> params;
-    for (const auto& p : saved.at("params").items()) params.push_back(p.to_tensor().clone().requires_grad_());
-    const Trajectory resumed = run_optim(c, params, &saved, {});
-    EXPECT_EQ(resumed.rates, tail) << "resumed from Python's checkpoint, the rates went elsewhere";
-    EXPECT_EQ(resumed.params, full.params) << "resumed from Python's checkpoint, the weights went elsewhere";
-  }
-  fs::remove_all(dir);
-}
-
-TEST(OptimizerAndSchedule, RefuseAnotherOptimizersOrSchedulesState) {
-  auto params = optim_start_params();
-  OptimizerOptions adamw_options;
-  adamw_options.name = "adamw";
-  auto adamw = make_optimizer(params, adamw_options);
-  auto sgd = make_optimizer(params, OptimizerOptions{});
-  auto error = [](auto&& load) {
-    try {
-      load();
-    } catch (const std::runtime_error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
-  EXPECT_NE(error([&] { sgd->load_state_dict(adamw->state_dict()); }).find("not SGD's"), std::string::npos);
-  EXPECT_NE(error([&] { adamw->load_state_dict(sgd->state_dict()); }).find("not AdamW's"), std::string::npos);
-  auto fewer = make_optimizer({params[0]}, OptimizerOptions{});
-  EXPECT_NE(error([&] { fewer->load_state_dict(sgd->state_dict()); }).find("for 2 parameters, the model has 1"),
-            std::string::npos);
-
-  LrScheduleOptions cosine;
-  cosine.name = "cosineannealinglr";
-  LrScheduleOptions warm = cosine;
-  warm.warmup_epochs = 1;
-  auto step_schedule = make_lr_schedule(*sgd, LrScheduleOptions{});
-  auto cosine_schedule = make_lr_schedule(*sgd, cosine);
-  auto warm_schedule = make_lr_schedule(*sgd, warm);
-  EXPECT_NE(
-      error([&] { cosine_schedule->load_state_dict(step_schedule->state_dict()); }).find("not a CosineAnnealingLR's"),
-      std::string::npos);
-  EXPECT_NE(error([&] { cosine_schedule->load_state_dict(warm_schedule->state_dict()); }).find("--lr-warmup-epochs"),
-            std::string::npos);
-  EXPECT_NE(error([&] { warm_schedule->load_state_dict(cosine_schedule->state_dict()); }).find("--lr-warmup-epochs"),
-            std::string::npos);
-  EXPECT_TRUE(sgd->state_dict().at("param_groups").items().at(0).find("initial_lr"));
-
-  // A refused state leaves what was there: the warm-up's ConstantLR state fits, the main StepLR's does not.
-  LrScheduleOptions warm_step;
-  warm_step.warmup_epochs = 1;
-  const auto before = warm_schedule->state_dict();
-  const auto other = make_lr_schedule(*sgd, warm_step)->state_dict();
-  EXPECT_NE(error([&] { warm_schedule->load_state_dict(other); }).find("not a CosineAnnealingLR's"), std::string::npos);
-  EXPECT_TRUE(warm_schedule->state_dict() == before);
-
-  OptimizerOptions nesterov_options;
-  nesterov_options.name = "sgd_nesterov";
-  auto nesterov = make_optimizer(params, nesterov_options);
-  EXPECT_NE(error([&] { sgd->load_state_dict(nesterov->state_dict()); }).find("resume with --opt sgd_nesterov"),
-            std::string::npos);
-  auto adam_state = adamw->state_dict();  // PyTorch 2.x's Adam writes AdamW's keys and decoupled_weight_decay=False
-  adam_state.entries()[1].second.items()[0].set("decoupled_weight_decay", false);
-  const auto adamw_before = adamw->state_dict();
-  EXPECT_NE(error([&] { adamw->load_state_dict(adam_state); }).find("Adam's"), std::string::npos);
-  EXPECT_TRUE(adamw->state_dict() == adamw_before);
-  EXPECT_THROW(make_optimizer(params, OptimizerOptions{"rmsprop"}), std::invalid_argument);
-}
-
 TEST(MnistCnn, HasPytorchExamplesNamesAndShapes) {
   auto model = make_model("mnist_cnn");
   const std::vector<std::pair<std::string, std::vector<int64_t>>> expected{
@@ -520,8 +249,10 @@ TEST(ModuleState, LoadsStrictlyAndSaysWhatDoesNotMatch) {
   EXPECT_TRUE(c->named_parameters()["conv1.weight"].equal(a->named_parameters()["conv1.weight"]));
 }
 
+volatile std::sig_atomic_t received_signal = 0;
+
 TEST(FaultInjection, FiresOnceOnItsRankAtTheNamedPoint) {
-  watch_preemption_signals({SIGUSR2});
+  std::signal(SIGUSR2, [](int s) { received_signal = s; });
   FaultInjection other_rank = FaultInjection::parse("USR2:1:0:eval", 0);
   EXPECT_FALSE(other_rank.armed());
   FaultInjection injection = FaultInjection::parse("SIGUSR2:0:1:3", 0);
@@ -529,9 +260,9 @@ TEST(FaultInjection, FiresOnceOnItsRankAtTheNamedPoint) {
   injection.after_step(0, 3);  // another epoch
   injection.after_step(1, 2);  // another step
   injection.during_evaluation(1);
-  EXPECT_EQ(preemption_signal(), 0);
+  EXPECT_EQ(received_signal, 0);
   injection.after_step(1, 3);
-  EXPECT_EQ(preemption_signal(), SIGUSR2);
+  EXPECT_EQ(received_signal, SIGUSR2);
   EXPECT_FALSE(injection.armed());
   EXPECT_TRUE(FaultInjection::parse("KILL:0:0:eval", 0).armed());
   EXPECT_FALSE(FaultInjection::parse("", 0).armed());

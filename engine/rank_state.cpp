@@ -1,5 +1,5 @@
 // Capturing and restoring a rank's generator states, and moving them through the all-gather and the checkpoint.
-#include "trainer/rank_state.h"
+#include "engine/rank_state.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
@@ -10,7 +10,7 @@
 #include <mutex>
 #include <stdexcept>
 
-namespace ddprun::trainer {
+namespace ddprun::engine {
 namespace {
 
 at::Tensor state_of(const at::Generator& generator) {
@@ -58,12 +58,12 @@ class Reader {
 
 }  // namespace
 
-RankState capture_rank_state(const c10::Device& device, double loss_sum, int64_t samples) {
+RankState capture_rank_state(const c10::Device& device,
+                             std::vector<std::pair<std::string, checkpoint::Value>> numbers) {
   RankState s;
   s.cpu_rng = state_of(at::detail::getDefaultCPUGenerator());
   if (!device.is_cpu()) s.device_rng = state_of(at::globalContext().defaultGenerator(device));
-  s.loss_sum = loss_sum;
-  s.samples = samples;
+  s.numbers = std::move(numbers);
   return s;
 }
 
@@ -80,8 +80,22 @@ std::string encode(const RankState& state) {
   std::string out;
   put_tensor(out, state.cpu_rng);
   put_tensor(out, state.device_rng);
-  put_bytes(out, &state.loss_sum, sizeof state.loss_sum);
-  put_bytes(out, &state.samples, sizeof state.samples);
+  const uint64_t count = state.numbers.size();
+  put_bytes(out, &count, sizeof count);
+  for (const auto& [name, value] : state.numbers) {
+    const uint64_t length = name.size();
+    put_bytes(out, &length, sizeof length);
+    put_bytes(out, name.data(), name.size());
+    const char is_int = value.is_int() ? 1 : 0;
+    put_bytes(out, &is_int, 1);
+    if (is_int) {
+      const int64_t v = value.to_int();
+      put_bytes(out, &v, sizeof v);
+    } else {
+      const double v = value.to_double();
+      put_bytes(out, &v, sizeof v);
+    }
+  }
   return out;
 }
 
@@ -90,30 +104,60 @@ RankState decode(const std::string& bytes) {
   RankState s;
   s.cpu_rng = in.tensor();
   s.device_rng = in.tensor();
-  in.get(&s.loss_sum, sizeof s.loss_sum);
-  in.get(&s.samples, sizeof s.samples);
+  uint64_t count = 0;
+  in.get(&count, sizeof count);
+  if (count > bytes.size()) throw std::runtime_error("a rank's state arrived corrupt");
+  for (uint64_t i = 0; i < count; ++i) {
+    uint64_t length = 0;
+    in.get(&length, sizeof length);
+    if (length > bytes.size()) throw std::runtime_error("a rank's state arrived corrupt");
+    std::string name(static_cast<size_t>(length), '\0');
+    in.get(name.data(), name.size());
+    char is_int = 0;
+    in.get(&is_int, 1);
+    if (is_int) {
+      int64_t v = 0;
+      in.get(&v, sizeof v);
+      s.numbers.emplace_back(std::move(name), checkpoint::Value(v));
+    } else {
+      double v = 0;
+      in.get(&v, sizeof v);
+      s.numbers.emplace_back(std::move(name), checkpoint::Value(v));
+    }
+  }
   return s;
 }
 
 checkpoint::Value to_value(const RankState& state) {
-  return checkpoint::Value::dict(
+  checkpoint::Value value = checkpoint::Value::dict(
       {{"cpu_rng_state", state.cpu_rng},
-       {"device_rng_state", state.device_rng.defined() ? checkpoint::Value(state.device_rng) : checkpoint::Value()},
-       {"train_loss_sum", state.loss_sum},
-       {"train_samples", state.samples}});
+       {"device_rng_state", state.device_rng.defined() ? checkpoint::Value(state.device_rng) : checkpoint::Value()}});
+  for (const auto& [name, number] : state.numbers) value.set(name, number);
+  return value;
 }
 
 RankState from_value(const checkpoint::Value& value) {
+  if (!value.is_mapping()) throw std::runtime_error("a rank's state is a " + std::string(value.kind_name()));
   RankState s;
   s.cpu_rng = value.at("cpu_rng_state").to_tensor().cpu();
   const checkpoint::Value& device = value.at("device_rng_state");
   if (!device.is_none()) s.device_rng = device.to_tensor().cpu();
   if (s.cpu_rng.scalar_type() != at::kByte || s.cpu_rng.dim() != 1)
     throw std::runtime_error("a rank's cpu_rng_state is not a 1-D uint8 tensor");
-  s.loss_sum =
-      value.at("train_loss_sum").to_double_in(0, std::numeric_limits<double>::max(), "a rank's train_loss_sum");
-  s.samples = value.at("train_samples").to_int_in(0, int64_t{1} << 40, "a rank's train_samples");
+  for (const auto& [key, number] : value.entries()) {
+    if (!key.is_string()) throw std::runtime_error("a rank's state has a key that is not a string");
+    const std::string& name = key.to_string();
+    if (name == "cpu_rng_state" || name == "device_rng_state") continue;
+    const std::string what = "a rank's " + name;
+    if (number.is_int()) {
+      s.numbers.emplace_back(name, checkpoint::Value(number.to_int()));
+    } else {
+      const double v =
+          number.to_double_in(-std::numeric_limits<double>::max(), std::numeric_limits<double>::max(), what);
+      s.numbers.emplace_back(name, checkpoint::Value(v));
+    }
+  }
   return s;
 }
 
-}  // namespace ddprun::trainer
+}  // namespace ddprun::engine

@@ -1,7 +1,7 @@
 // torch::optim::SGD/Adam/AdamW state <-> torch.optim's state_dict layout.
-#include "library/optimizer_state.h"
+#include "engine/optimizer_state.h"
 
-#include "trainer/optimizer.h"
+#include "engine/learning_rate.h"
 
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/scalar_tensor.h>
@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-namespace ddprun::library {
+namespace ddprun::engine {
 namespace {
 
 using checkpoint::Value;
@@ -138,6 +138,13 @@ Value optimizer_state_dict(const torch::optim::Optimizer& optimizer, std::option
 }
 
 std::optional<double> load_optimizer_state_dict(torch::optim::Optimizer& optimizer, const Value& saved) {
+  return prepare_optimizer_state_dict(optimizer, saved)();
+}
+
+std::function<std::optional<double>()> prepare_optimizer_state_dict(torch::optim::Optimizer& optimizer,
+                                                                    const Value& saved) {
+  if (!saved.is_mapping() || !saved.find("param_groups") || !saved.find("state"))
+    throw std::runtime_error("optimizer state is not a torch.optim state_dict (it has no 'state' and 'param_groups')");
   const Kind kind = kind_of(optimizer);
   const char* name = name_of(kind);
   const std::vector<Value>& groups = saved.at("param_groups").items();
@@ -172,7 +179,7 @@ std::optional<double> load_optimizer_state_dict(torch::optim::Optimizer& optimiz
   for (size_t g = 0; g < groups.size(); ++g) {
     const Value& group = groups[g];
     torch::optim::OptimizerOptions& options = ours[g].options();
-    using trainer::kMaxLearningRate;
+
     const double lr = group.at("lr").to_double_in(0, kMaxLearningRate, "optimizer state's lr");
     const double wd = group.at("weight_decay").to_double_in(0, kMaxLearningRate, "optimizer state's weight_decay");
     if (const Value* initial = group.find("initial_lr"))
@@ -222,7 +229,7 @@ std::optional<double> load_optimizer_state_dict(torch::optim::Optimizer& optimiz
       if (step.is_tensor() && step.to_tensor().numel() != 1) throw std::runtime_error(what + " is not one number");
       const int64_t steps = static_cast<int64_t>(
           (step.is_tensor() ? Value(step.to_tensor().to(at::kCPU, at::kDouble).item<double>()) : step)
-              .to_double_in(0, static_cast<double>(trainer::kMaxStepCount), what));
+              .to_double_in(0, static_cast<double>(kMaxStepCount), what));
       at::Tensor exp_avg = like(p, entry.at("exp_avg"), static_cast<size_t>(i), "exp_avg");
       at::Tensor exp_avg_sq = like(p, entry.at("exp_avg_sq"), static_cast<size_t>(i), "exp_avg_sq");
       at::Tensor max_sq;
@@ -244,9 +251,11 @@ std::optional<double> load_optimizer_state_dict(torch::optim::Optimizer& optimiz
       });
     }
   }
-  optimizer.state().clear();
-  for (const auto& change : apply) change();
-  return initial_lr;
+  return [&optimizer, apply = std::move(apply), initial_lr] {
+    optimizer.state().clear();
+    for (const auto& change : apply) change();
+    return initial_lr;
+  };
 }
 
-}  // namespace ddprun::library
+}  // namespace ddprun::engine

@@ -4,14 +4,14 @@
 #pragma once
 
 #include "checkpoint/value.h"
-#include "trainer/optimizer.h"
+#include "engine/learning_rate.h"
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
-namespace ddprun::trainer {
+namespace ddprun::engine {
 
 // The most epochs a run can have (--epochs is an int, and epoch + 1 must be one too): the range of every epoch count
 // read from a checkpoint (the "epoch" entry, a schedule's last_epoch, milestones).
@@ -42,9 +42,9 @@ class LrSchedule {
 
 // Made the way torchvision's train.py makes it, on `optimizer` (which it changes as Python's constructors do: the
 // first epoch's rate is set, initial_lr recorded). Throws std::invalid_argument for unknown names or bad values.
-std::unique_ptr<LrSchedule> make_lr_schedule(Optimizer& optimizer, const LrScheduleOptions& options);
+std::unique_ptr<LrSchedule> make_lr_schedule(LearningRate& optimizer, const LrScheduleOptions& options);
 
 const std::vector<std::string>& known_lr_schedulers();
 const std::vector<std::string>& known_warmup_methods();
 
-}  // namespace ddprun::trainer
+}  // namespace ddprun::engine

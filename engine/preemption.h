@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-namespace ddprun::trainer {
+namespace ddprun::engine {
 
 // "USR1,USR2", with or without "SIG", any case; "none" is empty. Throws std::invalid_argument naming what it cannot
 // read; SIGKILL and SIGSTOP cannot be caught and are refused.
@@ -22,4 +22,4 @@ void watch_preemption_signals(const std::vector<int>& signals);
 // The signal recorded since watch_preemption_signals, or 0.
 int preemption_signal();
 
-}  // namespace ddprun::trainer
+}  // namespace ddprun::engine

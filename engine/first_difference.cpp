@@ -1,9 +1,9 @@
 // first_different_lines: line by line until two differ.
-#include "trainer/first_difference.h"
+#include "engine/first_difference.h"
 
 #include <sstream>
 
-namespace ddprun::trainer {
+namespace ddprun::engine {
 
 std::pair<std::string, std::string> first_different_lines(const std::string& a, const std::string& b) {
   std::istringstream in_a(a), in_b(b);
@@ -18,4 +18,4 @@ std::pair<std::string, std::string> first_different_lines(const std::string& a, 
   }
 }
 
-}  // namespace ddprun::trainer
+}  // namespace ddprun::engine

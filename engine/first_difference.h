@@ -5,10 +5,10 @@
 #include <string>
 #include <utility>
 
-namespace ddprun::trainer {
+namespace ddprun::engine {
 
 // The first line at which the texts differ, as {line of a, line of b}; a text that ends first gives "(nothing)".
 // Two empty strings when the texts are equal.
 std::pair<std::string, std::string> first_different_lines(const std::string& a, const std::string& b);
 
-}  // namespace ddprun::trainer
+}  // namespace ddprun::engine

@@ -1,7 +1,8 @@
 // DistributedDataParallel: PyTorch's DDP for a LibTorch module. Gradients land in flat buckets (the parameters'
-// .grad are views into them); a hook on each parameter's gradient accumulator marks it ready during backward, and a
-// bucket whose parameters are all ready is all-reduced (averaged) at once, asynchronously, while backward goes on.
-// The end of backward waits only for what is still in flight.
+// .grad share the bucket's memory, as PyTorch's gradient_as_bucket_view, without being autograd views, so that
+// torch::optim's zero_grad, which detaches each gradient in place, works on them); a hook on each parameter's gradient
+// accumulator marks it ready during backward, and a bucket whose parameters are all ready is all-reduced (averaged) at
+// once, asynchronously, while backward goes on. The end of backward waits only for what is still in flight.
 //
 // Buckets hold parameters in reverse registration order (roughly the order backward produces them), the first one
 // small (1 MiB) so communication starts early, the others up to bucket_cap_mb; after the first backward they are
@@ -24,7 +25,7 @@ namespace torch::autograd {
 struct Node;
 }
 
-namespace ddprun::trainer {
+namespace ddprun::engine {
 
 enum class GradCompression { None, Fp16, Bf16 };
 // "none", "fp16" or "bf16"; anything else throws std::invalid_argument.
@@ -50,8 +51,8 @@ struct DdpOptions {
 class DistributedDataParallel {
  public:
   // Checks that every rank has the same parameters (names, shapes, dtypes), broadcasts rank 0's parameters and
-  // buffers, makes each parameter's .grad a view into its bucket and installs the hooks. Throws CommError on every
-  // rank when the parameters differ.
+  // buffers, makes each parameter's .grad share its bucket's memory and installs the hooks. Throws UsageError on
+  // every rank when the parameters differ.
   DistributedDataParallel(std::shared_ptr<torch::nn::Module> module, comm::Communicator& comm, DdpOptions options);
   ~DistributedDataParallel();
   DistributedDataParallel(const DistributedDataParallel&) = delete;
@@ -60,10 +61,13 @@ class DistributedDataParallel {
   // Call before each forward: broadcasts rank 0's buffers (when the module has any and broadcast_buffers is set).
   void before_forward();
 
-  // Zeros every gradient in place, one fill per bucket, and puts back any .grad that was replaced. LibTorch's
-  // torch::optim::Optimizer::zero_grad() cannot be used: it detaches each gradient in place, which a view into a
-  // bucket refuses.
+  // Zeros every gradient in place, one fill per bucket, and puts back any .grad that was replaced (the optimizer's
+  // zero_grad works too: LibTorch 1.x zeros each .grad in place, 2.x resets it and the next backward brings it back
+  // into its bucket).
   void zero_grad();
+
+  // Whether `module` is wrapped by a DistributedDataParallel now (for a checkpoint's warning about unwrapped models).
+  static bool wraps(const torch::nn::Module& module);
 
   // While a NoSync is alive, backward accumulates gradients locally without communication (gradient accumulation);
   // the first backward after it all-reduces the accumulated sums.
@@ -78,6 +82,8 @@ class DistributedDataParallel {
     DistributedDataParallel& ddp_;
   };
   NoSync no_sync() { return NoSync(*this); }
+  // What NoSync does, for wrappers that keep their own guard: false until set back, backward does not communicate.
+  void set_sync(bool sync) { sync_ = sync; }
 
   // Parameter indices (registration order) per bucket, in all-reduce order.
   std::vector<std::vector<size_t>> bucket_layout() const;
@@ -115,7 +121,8 @@ class DistributedDataParallel {
   bool backward_started_ = false;
   bool sync_ = true;
   bool rebuilt_ = false;
+  bool forward_seen_ = false;  // before_forward ran since the last synced backward
   std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, uintptr_t>> hooks_;
 };
 
-}  // namespace ddprun::trainer
+}  // namespace ddprun::engine

@@ -7,9 +7,10 @@
 
 #include <torch/optim/optimizer.h>
 
+#include <functional>
 #include <optional>
 
-namespace ddprun::library {
+namespace ddprun::engine {
 
 // {"state": {index: {...}}, "param_groups": [{hyper-parameters..., ["initial_lr"], "params": [...]}]}. Throws
 // std::runtime_error for other optimizers than SGD, Adam and AdamW.
@@ -19,5 +20,8 @@ checkpoint::Value optimizer_state_dict(const torch::optim::Optimizer& optimizer,
 // initial_lr when there is one. Throws std::runtime_error naming what does not fit (another optimizer's state,
 // other group or parameter counts, shapes) before anything is changed.
 std::optional<double> load_optimizer_state_dict(torch::optim::Optimizer& optimizer, const checkpoint::Value& state);
+// The same in two steps: checks everything (throwing as above) and returns the change, which returns initial_lr.
+std::function<std::optional<double>()> prepare_optimizer_state_dict(torch::optim::Optimizer& optimizer,
+                                                                    const checkpoint::Value& state);
 
-}  // namespace ddprun::library
+}  // namespace ddprun::engine

@@ -1,14 +1,14 @@
 // torch.optim.lr_scheduler's StepLR, CosineAnnealingLR, LinearLR, ConstantLR and SequentialLR (PyTorch 1.13): the
 // same recurrences evaluated in the same order (so the rates agree to the last bit), the same effects on the
 // optimizer's learning rate, and their state dicts.
-#include "trainer/lr_scheduler.h"
+#include "engine/lr_schedule.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
 
-namespace ddprun::trainer {
+namespace ddprun::engine {
 namespace {
 
 using checkpoint::Items;
@@ -52,11 +52,11 @@ class Scheduler : public LrSchedule {
     if (state.find("_schedulers"))
       throw std::runtime_error(std::string("lr_scheduler state is a SequentialLR's (a warm-up, then the main "
                                            "schedule), this run's is a ") +
-                               python_name_ + "; resume with the --lr-warmup-epochs it was saved with");
+                               python_name_ + "; resume with the warm-up it was saved with");
     for (const auto& entry : own_state()) {
       if (!state.find(entry.first.to_string()))
         throw std::runtime_error(std::string("lr_scheduler state is not a ") + python_name_ + "'s (it has no '" +
-                                 entry.first.to_string() + "'); resume with the " + flag_ + " it was saved with");
+                                 entry.first.to_string() + "'); resume with the schedule it was saved with");
     }
     const auto& base_lrs = state.at("base_lrs").items();
     const auto& last_lrs = state.at("_last_lr").items();
@@ -76,9 +76,7 @@ class Scheduler : public LrSchedule {
   }
 
  protected:
-  // `flag`: the ddptrain flag that chose this schedule, for error messages.
-  Scheduler(Optimizer& optimizer, const char* python_name, const char* flag)
-      : optimizer_(optimizer), python_name_(python_name), flag_(flag) {}
+  Scheduler(LearningRate& optimizer, const char* python_name) : optimizer_(optimizer), python_name_(python_name) {}
 
   // The base class constructor's work, run last by each derived constructor once its fields are set.
   void attach() {
@@ -107,16 +105,15 @@ class Scheduler : public LrSchedule {
     last_lr_ = lr;
   }
 
-  Optimizer& optimizer_;
+  LearningRate& optimizer_;
   const char* python_name_;
-  const char* flag_;
   double last_lr_ = 0;
 };
 
 class StepLr : public Scheduler {
  public:
-  StepLr(Optimizer& optimizer, int64_t step_size, double gamma)
-      : Scheduler(optimizer, "StepLR", "--lr-scheduler"), step_size_(step_size), gamma_(gamma) {
+  StepLr(LearningRate& optimizer, int64_t step_size, double gamma)
+      : Scheduler(optimizer, "StepLR"), step_size_(step_size), gamma_(gamma) {
     if (step_size < 1) throw std::invalid_argument("StepLR: the step size must be at least 1");
     attach();
   }
@@ -144,8 +141,8 @@ class StepLr : public Scheduler {
 
 class CosineAnnealingLr : public Scheduler {
  public:
-  CosineAnnealingLr(Optimizer& optimizer, int64_t t_max, double eta_min)
-      : Scheduler(optimizer, "CosineAnnealingLR", "--lr-scheduler"), t_max_(t_max), eta_min_(eta_min) {
+  CosineAnnealingLr(LearningRate& optimizer, int64_t t_max, double eta_min)
+      : Scheduler(optimizer, "CosineAnnealingLR"), t_max_(t_max), eta_min_(eta_min) {
     if (t_max < 1)
       throw std::invalid_argument("CosineAnnealingLR: T_max (epochs after the warm-up) must be at least 1");
     attach();
@@ -181,11 +178,8 @@ class CosineAnnealingLr : public Scheduler {
 
 class LinearLr : public Scheduler {
  public:
-  LinearLr(Optimizer& optimizer, double start_factor, double end_factor, int64_t total_iters)
-      : Scheduler(optimizer, "LinearLR", "--lr-warmup-method"),
-        start_(start_factor),
-        end_(end_factor),
-        total_iters_(total_iters) {
+  LinearLr(LearningRate& optimizer, double start_factor, double end_factor, int64_t total_iters)
+      : Scheduler(optimizer, "LinearLR"), start_(start_factor), end_(end_factor), total_iters_(total_iters) {
     attach();
   }
 
@@ -221,8 +215,8 @@ class LinearLr : public Scheduler {
 
 class ConstantLr : public Scheduler {
  public:
-  ConstantLr(Optimizer& optimizer, double factor, int64_t total_iters)
-      : Scheduler(optimizer, "ConstantLR", "--lr-warmup-method"), factor_(factor), total_iters_(total_iters) {
+  ConstantLr(LearningRate& optimizer, double factor, int64_t total_iters)
+      : Scheduler(optimizer, "ConstantLR"), factor_(factor), total_iters_(total_iters) {
     attach();
   }
 
@@ -251,7 +245,7 @@ class ConstantLr : public Scheduler {
 
 class SequentialLr : public LrSchedule {
  public:
-  SequentialLr(Optimizer& optimizer, std::vector<std::unique_ptr<Scheduler>> schedulers,
+  SequentialLr(LearningRate& optimizer, std::vector<std::unique_ptr<Scheduler>> schedulers,
                std::vector<int64_t> milestones)
       : schedulers_(std::move(schedulers)), milestones_(std::move(milestones)) {
     last_epoch_ = 0;  // last_epoch + 1
@@ -291,7 +285,7 @@ class SequentialLr : public LrSchedule {
     if (!saved)
       throw std::runtime_error(
           "lr_scheduler state has no warm-up (it is not a SequentialLR's), this run has one; resume with the "
-          "--lr-warmup-epochs it was saved with");
+          "warm-up it was saved with");
     if (saved->items().size() != schedulers_.size())
       throw std::runtime_error("lr_scheduler state chains " + std::to_string(saved->items().size()) +
                                " schedules, this run " + std::to_string(schedulers_.size()));
@@ -338,8 +332,15 @@ const std::vector<std::string>& known_warmup_methods() {
   return names;
 }
 
-std::unique_ptr<LrSchedule> make_lr_schedule(Optimizer& optimizer, const LrScheduleOptions& o) {
+std::unique_ptr<LrSchedule> make_lr_schedule(LearningRate& optimizer, const LrScheduleOptions& o) {
   if (o.warmup_epochs < 0) throw std::invalid_argument("the warm-up cannot last a negative number of epochs");
+  if (o.epochs < 1) throw std::invalid_argument("the schedule needs at least one epoch");
+  if (!(std::isfinite(o.gamma) && o.gamma > 0 && o.gamma <= kMaxLearningRate))
+    throw std::invalid_argument("gamma must be positive and at most 1000");
+  if (!(std::isfinite(o.lr_min) && o.lr_min >= 0 && o.lr_min <= kMaxLearningRate))
+    throw std::invalid_argument("eta_min must be from 0 to 1000");
+  if (!(std::isfinite(optimizer.lr()) && optimizer.lr() >= 0 && optimizer.lr() <= kMaxLearningRate))
+    throw std::invalid_argument("the optimizer's learning rate must be from 0 to 1000");
   std::unique_ptr<Scheduler> main;
   if (o.name == "steplr") {
     main = std::make_unique<StepLr>(optimizer, o.step_size, o.gamma);
@@ -364,4 +365,4 @@ std::unique_ptr<LrSchedule> make_lr_schedule(Optimizer& optimizer, const LrSched
   return std::make_unique<SequentialLr>(optimizer, std::move(chain), std::vector<int64_t>{o.warmup_epochs});
 }
 
-}  // namespace ddprun::trainer
+}  // namespace ddprun::engine

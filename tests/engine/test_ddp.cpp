@@ -3,10 +3,9 @@
 // one parameter per bucket to one bucket; gradient accumulation with no_sync; fp16/bf16 on the wire; unused
 // parameters; buffers; mismatched models.
 #include "comm/communicator.h"
-#include "trainer/distributed_data_parallel.h"
+#include "engine/distributed_data_parallel.h"
 #include "trainer/host_memory.h"
 #include "trainer/models.h"
-#include "trainer/sgd.h"
 
 #include <ATen/ops/full.h>
 #include <ATen/ops/nll_loss.h>
@@ -14,13 +13,17 @@
 #include <ATen/ops/randn.h>
 #include <gtest/gtest.h>
 #include <torch/nn/modules/linear.h>
+#include <torch/optim/sgd.h>
 #include <torch/utils.h>
 
 #include <algorithm>
 #include <memory>
 #include <string>
 
-using namespace ddprun::trainer;
+using namespace ddprun::engine;
+using ddprun::trainer::keep_freed_host_memory;
+using ddprun::trainer::make_model;
+using ddprun::trainer::Model;
 
 namespace {
 ddprun::comm::Communicator& comm() {
@@ -88,8 +91,10 @@ void train_side_by_side(const std::string& name, DdpOptions options, int steps, 
   DistributedDataParallel ddp(model, comm(), options);
   auto reference = build(name, true);
   expect_close(values(model->parameters()), values(reference->parameters()), 0, 0, "initial weight");
-  Sgd sgd(model->parameters(), {0.05, 0.9, 0, 1e-4, false});
-  Sgd reference_sgd(reference->parameters(), {0.05, 0.9, 0, 1e-4, false});
+  // torch::optim's own zero_grad on DDP's gradients (it detaches them in place: they must not be autograd views).
+  torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
+  torch::optim::SGD reference_sgd(reference->parameters(),
+                                  torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
   const Data data = global_batches(steps, per_rank);
   for (int step = 0; step < steps; ++step) {
     SCOPED_TRACE("step " + std::to_string(step));
@@ -217,12 +222,13 @@ TEST(DistributedDataParallel, AnUnusedParameterIsReportedOrCountedAsZero) {
     auto model = std::make_shared<TwoLayers>(2);
     DistributedDataParallel ddp(model, comm(), DdpOptions{});
     try {
+      ddp.before_forward();
       model->forward(x).sum().backward();
       FAIL() << "no error for a parameter without a gradient";
     } catch (const std::exception& e) {
       const std::string message = e.what();
       EXPECT_NE(message.find("parameter 'unused.weight' and 1 more got no gradient"), std::string::npos) << message;
-      EXPECT_NE(message.find("--find-unused-parameters"), std::string::npos) << message;
+      EXPECT_NE(message.find("DdpOptions::find_unused_parameters"), std::string::npos) << message;
     }
   }
   auto model = std::make_shared<TwoLayers>(2);
@@ -230,6 +236,7 @@ TEST(DistributedDataParallel, AnUnusedParameterIsReportedOrCountedAsZero) {
   options.find_unused_parameters = true;
   DistributedDataParallel ddp(model, comm(), options);
   for (int step = 0; step < 2; ++step) {  // before and after the rebuild
+    ddp.before_forward();
     model->forward(x).sum().backward();
     EXPECT_TRUE(model->unused->weight.grad().equal(at::zeros({3, 4})));
     EXPECT_TRUE(
@@ -252,12 +259,53 @@ TEST(DistributedDataParallel, RanksWithDifferentModelsStopWithTheFirstDifference
   try {
     DistributedDataParallel ddp(model, comm(), DdpOptions{});
     FAIL() << "no error";
-  } catch (const ddprun::comm::CommError& e) {
+  } catch (const ddprun::UsageError& e) {
+    EXPECT_EQ(e.failed_rank(), last);
     const std::string message = e.what();
     EXPECT_NE(message.find("rank " + std::to_string(last) +
                            " has other parameters than rank 0: 'used.weight "
                            "float32[3, 4]' where rank 0 has 'used.weight float32[2, 4]'"),
               std::string::npos)
         << message;
+  }
+}
+
+// The module called directly, not through the wrapper's forward: with buffers on more than one rank, rank 0's did not
+// reach the others, and the backward says so on every rank; without buffers nothing is lost.
+TEST(DistributedDataParallel, ForwardOutsideTheWrapperWithBuffersIsAnError) {
+  if (comm().size() < 2) GTEST_SKIP() << "one rank: nothing to broadcast";
+  const at::Tensor x = at::randn({5, 4});
+  auto model = std::make_shared<TwoLayers>(2);
+  DdpOptions options;
+  options.find_unused_parameters = true;
+  DistributedDataParallel ddp(model, comm(), options);
+  try {
+    model->forward(x).sum().backward();
+    FAIL() << "no error for a forward outside the wrapper";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("the module ran without the wrapper's forward"), std::string::npos)
+        << e.what();
+  }
+  ddp.before_forward();
+  model->forward(x).sum().backward();  // through the wrapper: fine
+  auto plain = std::make_shared<torch::nn::LinearImpl>(4, 2);
+  DistributedDataParallel no_buffers(plain, comm(), DdpOptions{});
+  plain->forward(x).sum().backward();  // no buffers: nothing skipped
+  SUCCEED();
+}
+
+// torch::optim's zero_grad (LibTorch 1.x: detach_ and zero_ in place on each .grad) keeps the gradients in their
+// buckets, so the next backward still averages them.
+TEST(DistributedDataParallel, TheOptimizersZeroGradKeepsGradientsInTheBuckets) {
+  auto model = std::make_shared<torch::nn::LinearImpl>(4, 2);
+  DistributedDataParallel ddp(model, comm(), DdpOptions{});
+  torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(0.1));
+  for (int step = 0; step < 3; ++step) {
+    sgd.zero_grad();
+    const at::Tensor x = at::full({1, 4}, double(comm().rank() + 1));
+    model->forward(x).sum().backward();
+    // The average of the ranks' inputs: (1 + ... + n) / n.
+    const double mean = (comm().size() + 1) / 2.0;
+    EXPECT_TRUE(model->weight.grad().allclose(at::full({2, 4}, mean))) << "step " << step;
   }
 }

@@ -1,22 +1,26 @@
 // DistributedDataParallel: buckets, gradient-accumulator hooks, asynchronous averaged all-reduce during backward.
-#include "trainer/distributed_data_parallel.h"
+#include "engine/distributed_data_parallel.h"
 
 #include "comm/tensor_text.h"
-#include "trainer/first_difference.h"
+#include "ddprun/errors.h"
+#include "engine/first_difference.h"
 
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/util/strides.h>
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/utils/lambda_post_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
 #include <algorithm>
+#include <mutex>
 #include <numeric>
+#include <set>
 #include <stdexcept>
 
-namespace ddprun::trainer {
+namespace ddprun::engine {
 
 GradCompression parse_grad_compression(const std::string& name) {
   if (name == "none") return GradCompression::None;
@@ -28,6 +32,16 @@ GradCompression parse_grad_compression(const std::string& name) {
 namespace {
 
 constexpr double kMiB = 1024.0 * 1024.0;
+
+// The modules wrapped now (a module may be wrapped more than once: a multiset).
+std::mutex& wrapped_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+std::multiset<const torch::nn::Module*>& wrapped() {
+  static std::multiset<const torch::nn::Module*> modules;
+  return modules;
+}
 
 std::string parameter_line(const std::string& name, const at::Tensor& p) {
   return name + " " + comm::describe_tensors({p});
@@ -52,9 +66,9 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
   for (size_t r = 1; r < all.size(); ++r) {
     if (all[r] == all[0]) continue;
     const auto [theirs, rank0s] = first_different_lines(all[r], all[0]);
-    throw comm::CommError("DistributedDataParallel: rank " + std::to_string(r) +
-                          " has other parameters than rank 0: '" + theirs + "' where rank 0 has '" + rank0s +
-                          "'; every rank must build the same model");
+    throw UsageError("DistributedDataParallel: rank " + std::to_string(r) + " has other parameters than rank 0: '" +
+                         theirs + "' where rank 0 has '" + rank0s + "'; every rank must build the same model",
+                     static_cast<int>(r));
   }
 
   {
@@ -69,9 +83,15 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
   std::iota(reverse.rbegin(), reverse.rend(), size_t{0});
   build_buckets(reverse);
   install_hooks();
+  std::lock_guard<std::mutex> lock(wrapped_mutex());
+  wrapped().insert(module_.get());
 }
 
 DistributedDataParallel::~DistributedDataParallel() {
+  {
+    std::lock_guard<std::mutex> lock(wrapped_mutex());
+    wrapped().erase(wrapped().find(module_.get()));
+  }
   for (auto& [node, key] : hooks_) node->del_post_hook(key);
   for (Bucket& b : buckets_)
     if (b.work) b.work->wait();
@@ -110,7 +130,11 @@ void DistributedDataParallel::build_buckets(const std::vector<size_t>& order) {
     int64_t offset = 0;
     for (size_t i : bucket.params) {
       at::Tensor& p = params_[i];
-      at::Tensor view = bucket.data.narrow(0, offset, p.numel()).view(p.sizes());
+      // The bucket's memory, but not an autograd view of it: torch::optim's zero_grad detaches .grad in place,
+      // which a view refuses ("Can't detach views in-place").
+      at::Tensor view = at::empty({0}, bucket.data.options())
+                            .set_(bucket.data.storage(), bucket.data.storage_offset() + offset, p.sizes(),
+                                  c10::contiguous_strides(p.sizes()));
       if (p.grad().defined()) view.copy_(p.grad());
       p.mutable_grad() = view;  // AccumulateGrad adds into the bucket from now on
       views_[i] = view;
@@ -136,7 +160,13 @@ void DistributedDataParallel::install_hooks() {
   }
 }
 
+bool DistributedDataParallel::wraps(const torch::nn::Module& module) {
+  std::lock_guard<std::mutex> lock(wrapped_mutex());
+  return wrapped().count(&module) > 0;
+}
+
 void DistributedDataParallel::before_forward() {
+  forward_seen_ = true;
   if (!options_.broadcast_buffers || buffers_.empty() || comm_.size() == 1) return;
   comm_.broadcast(buffers_, 0)->wait();
 }
@@ -184,20 +214,33 @@ void DistributedDataParallel::launch_ready_buckets() {
 
 void DistributedDataParallel::finish_backward() {
   backward_started_ = false;
+  const bool forward_seen = forward_seen_;
+  forward_seen_ = false;
   std::vector<size_t> unused;
   for (size_t i = 0; i < params_.size(); ++i)
     if (!ready_[i]) unused.push_back(i);
-  if (!unused.empty() && !options_.find_unused_parameters) {
+  // The module's forward was called directly: rank 0's buffers did not reach this rank, whose BatchNorm statistics
+  // drift apart from the others'. Said once every rank agrees (here, in the backward every rank runs).
+  const bool buffers_skipped = !forward_seen && options_.broadcast_buffers && !buffers_.empty() && comm_.size() > 1;
+  if (buffers_skipped || (!unused.empty() && !options_.find_unused_parameters)) {
     for (Bucket& b : buckets_)
       if (b.work) b.work->wait();
     reset_for_next_backward();
-    throw std::runtime_error("DistributedDataParallel: parameter '" + names_[unused.front()] + "'" +
-                             (unused.size() > 1 ? " and " + std::to_string(unused.size() - 1) + " more" : "") +
-                             " got no gradient in this backward, so its bucket cannot be all-reduced; pass "
-                             "--find-unused-parameters (a parameter without a gradient then counts as zero) or use "
-                             "every parameter in forward");
+    ready_order_.clear();  // this backward's order is not a whole one: the rebuild waits for the next
   }
-  for (size_t i : unused) {  // --find-unused-parameters: their .grad (zero unless accumulated) is reduced as is
+  if (buffers_skipped)
+    throw UsageError(
+        "DistributedDataParallel: the module ran without the wrapper's forward (ddp(x) or ddp->forward(x)), so rank "
+        "0's buffers (BatchNorm statistics) did not reach the other ranks, which drift apart; call the model through "
+        "the wrapper, or before_forward() before calling it yourself");
+  if (!unused.empty() && !options_.find_unused_parameters) {
+    throw UsageError("DistributedDataParallel: parameter '" + names_[unused.front()] + "'" +
+                     (unused.size() > 1 ? " and " + std::to_string(unused.size() - 1) + " more" : "") +
+                     " got no gradient in this backward, so its bucket cannot be all-reduced; set "
+                     "DdpOptions::find_unused_parameters (a parameter without a gradient then counts as zero) or use "
+                     "every parameter in forward");
+  }
+  for (size_t i : unused) {  // find_unused_parameters: their .grad (zero unless accumulated) is reduced as is
     ready_[i] = true;
     --buckets_[bucket_of_[i]].pending;
   }
@@ -225,6 +268,7 @@ void DistributedDataParallel::finish_backward() {
     std::vector<bool> listed(params_.size(), false);
     int64_t n = 0;
     for (size_t i : ready_order_) {
+      if (listed[i]) continue;
       slots[n++] = static_cast<int64_t>(i);
       listed[i] = true;
     }
@@ -246,4 +290,4 @@ void DistributedDataParallel::reset_for_next_backward() {
   next_bucket_ = 0;
 }
 
-}  // namespace ddprun::trainer
+}  // namespace ddprun::engine

@@ -1,5 +1,5 @@
 // The preemption signals' handler (it only stores the signal number) and their names.
-#include "trainer/preemption.h"
+#include "engine/preemption.h"
 
 #include <algorithm>
 #include <cctype>
@@ -7,7 +7,7 @@
 #include <cstring>
 #include <stdexcept>
 
-namespace ddprun::trainer {
+namespace ddprun::engine {
 namespace {
 
 volatile std::sig_atomic_t received = 0;
@@ -71,4 +71,4 @@ void watch_preemption_signals(const std::vector<int>& signals) {
 
 int preemption_signal() { return received; }
 
-}  // namespace ddprun::trainer
+}  // namespace ddprun::engine
