@@ -5,7 +5,7 @@
 //   checkpoint_bench --op load --impl ddprun|raw --state big|resnet18 --dir DIR
 //
 // Each op runs in a process of its own, as a resume does: a load then reads into fresh memory, whose first touch is
-// part of its cost (on this VM a large part: see the README). A save leaves its file for the load.
+// part of its cost (on this VM a large part: see docs/checkpoint.md). A save leaves its file for the load.
 // big: an OrderedDict of 64 float32 tensors totalling N bytes (default 1 GiB). resnet18: {"model", "optimizer"
 // (SGD with momentum, after one step), "epoch"}, as ddptrain saves it.
 // ddprun: checkpoint::save (temporary file, fsync, rename, fsync folder), then checkpoint::load.

@@ -317,7 +317,7 @@ class MpiCommunicator final : public Communicator {
     if (!initialized) {
       // Open MPI's progress loop spins while a collective waits for a peer; ours waits on the communication thread
       // while the rank's compute threads want the same cores, so let it yield (what Open MPI does by itself when it
-      // sees more ranks than cores). The training benchmark measured no difference beyond its noise (README,
+      // sees more ranks than cores). The training benchmark measured no difference beyond its noise (docs/performance.md,
       // "Training throughput"). A value the user set wins; other MPIs ignore the variable.
       setenv("OMPI_MCA_mpi_yield_when_idle", "1", /*overwrite=*/0);
       check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &thread_level_), "MPI_Init_thread");
