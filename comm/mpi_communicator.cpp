@@ -8,6 +8,7 @@
 // MPI with MPI_THREAD_SERIALIZED, collectives still run on the communication thread (never two MPI calls at once)
 // and timeouts still abort the job, but the other ranks are not asked. Less than SERIALIZED is refused.
 #include "comm/communicator.h"
+#include "comm/ready_report.h"
 #include "comm/tensor_text.h"
 
 #include <ATen/Parallel.h>
@@ -28,7 +29,10 @@
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 namespace ddprun::comm {
 namespace {
@@ -317,8 +321,8 @@ class MpiCommunicator final : public Communicator {
     if (!initialized) {
       // Open MPI's progress loop spins while a collective waits for a peer; ours waits on the communication thread
       // while the rank's compute threads want the same cores, so let it yield (what Open MPI does by itself when it
-      // sees more ranks than cores). The training benchmark measured no difference beyond its noise (docs/performance.md,
-      // "Training throughput"). A value the user set wins; other MPIs ignore the variable.
+      // sees more ranks than cores). The training benchmark measured no difference beyond its noise
+      // (docs/performance.md, "Training throughput"). A value the user set wins; other MPIs ignore the variable.
       setenv("OMPI_MCA_mpi_yield_when_idle", "1", /*overwrite=*/0);
       check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &thread_level_), "MPI_Init_thread");
       owns_mpi_ = true;
@@ -343,6 +347,16 @@ class MpiCommunicator final : public Communicator {
     check(MPI_Comm_split_type(world_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_), "MPI_Comm_split_type");
     MPI_Comm_rank(node_, &local_rank_);
     MPI_Comm_size(node_, &local_size_);
+    // Each rank's host, for the lines that name ranks which no longer answer (a node that went down or was cut off).
+    std::vector<char> names(static_cast<size_t>(size_) * MPI_MAX_PROCESSOR_NAME, '\0');
+    int name_length = 0;
+    MPI_Get_processor_name(names.data() + static_cast<size_t>(rank_) * MPI_MAX_PROCESSOR_NAME, &name_length);
+    check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, names.data(), MPI_MAX_PROCESSOR_NAME, MPI_CHAR, world_),
+          "MPI_Allgather");
+    for (int r = 0; r < size_; ++r) {
+      names[(static_cast<size_t>(r) + 1) * MPI_MAX_PROCESSOR_NAME - 1] = '\0';
+      hosts_.emplace_back(names.data() + static_cast<size_t>(r) * MPI_MAX_PROCESSOR_NAME);
+    }
     sixteen_bit_.create();
     // Whoever finalizes MPI before this communicator is destroyed (a static, say) stops its threads first: MPI
     // deletes MPI_COMM_SELF's attributes at the start of MPI_Finalize.
@@ -497,12 +511,7 @@ class MpiCommunicator final : public Communicator {
     return calls;
   }
 
-  [[noreturn]] void abort(int exit_code) override {
-    std::fflush(stdout);
-    std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, exit_code);
-    std::_Exit(exit_code);
-  }
+  [[noreturn]] void abort(int exit_code) override { abort_job(exit_code); }
 
  private:
   void check_root(int root, const char* what) const {
@@ -559,9 +568,7 @@ class MpiCommunicator final : public Communicator {
         std::fprintf(stderr,
                      "ddprun comm: rank %d of %d: %s failed: %s; the ranks cannot stay in step, aborting the job\n",
                      rank_, size_, op->description().c_str(), e.what());
-        std::fflush(stderr);
-        MPI_Abort(MPI_COMM_WORLD, 1);
-        std::_Exit(1);
+        abort_job(1);
       }
       {
         std::lock_guard<std::mutex> lock(state_mutex_);
@@ -825,18 +832,29 @@ class MpiCommunicator final : public Communicator {
     }
     std::fprintf(stderr, "ddprun comm: rank %d of %d: %s did not complete within %s%s; aborting the job\n", rank_,
                  size_, description.c_str(), describe_duration(options_.timeout).c_str(), peers.c_str());
+    abort_job(1);
+  }
+
+  // Ends every rank of the job: tells ddprun first (it ends the launcher if the launcher cannot end the job, say
+  // because a node is cut off), then MPI_Abort.
+  [[noreturn]] static void abort_job(int exit_code) {
+    std::fflush(stdout);
     std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    std::_Exit(1);
+    report_job_aborting();
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+    std::_Exit(exit_code);
   }
 
   std::string describe_peers(const std::vector<std::string>& replies, uint64_t seq) const {
-    std::string waiting, joined, silent;
+    std::string waiting, joined;
+    std::vector<std::pair<std::string, std::vector<int>>> silent;  // by host, in rank order
     for (int r = 0; r < size_; ++r) {
       if (r == rank_) continue;
       const std::string& reply = replies[r];
       if (reply.empty()) {
-        silent += (silent.empty() ? "" : ", ") + std::to_string(r);
+        auto group = std::find_if(silent.begin(), silent.end(), [&](const auto& g) { return g.first == hosts_[r]; });
+        if (group == silent.end()) group = silent.insert(silent.end(), {hosts_[r], {}});
+        group->second.push_back(r);
         continue;
       }
       const size_t first = reply.find(' ');
@@ -854,7 +872,15 @@ class MpiCommunicator final : public Communicator {
     }
     std::string text;
     if (!waiting.empty()) text += "; waiting on " + waiting + ", which never joined it";
-    if (!silent.empty()) text += "; no answer from rank(s) " + silent + " (exited, or stuck outside ddprun)";
+    for (const auto& [host, ranks] : silent) {
+      std::string list;
+      for (const int r : ranks) list += (list.empty() ? "" : ", ") + std::to_string(r);
+      const auto on_host = std::count(hosts_.begin(), hosts_.end(), host);
+      const bool whole_node = host != hosts_[rank_] && static_cast<int64_t>(ranks.size()) == on_host;
+      text += "; no answer from rank(s) " + list + " on " + host +
+              (whole_node ? " (every rank of " + host + ": is the node down or cut off from this one?)"
+                          : " (exited, or stuck outside ddprun)");
+    }
     if (!joined.empty()) text += "; rank(s) " + joined + " joined it";
     return text;
   }
@@ -868,6 +894,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm calls_ = MPI_COMM_NULL;    // rendezvous() of library calls
   MPI_Comm node_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
+  std::vector<std::string> hosts_;  // each rank's host (MPI_Get_processor_name)
   SixteenBitOps sixteen_bit_;
 
   std::mutex queue_mutex_;

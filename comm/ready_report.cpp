@@ -1,4 +1,4 @@
-// Sending the ready report: one datagram to the abstract socket ddprun named.
+// Sending the ready and aborting reports: one datagram each to the abstract socket ddprun named.
 #include "comm/ready_report.h"
 
 #include "ddprun/launch_contract.h"
@@ -13,7 +13,9 @@
 
 namespace ddprun::comm {
 
-void report_ranks_ready() {
+namespace {
+
+void send_to_ddprun(const char* message) {
   const char* name = std::getenv(kEnvReadySocket);
   if (name == nullptr || name[0] != '@') return;
   const size_t length = std::strlen(name + 1);
@@ -24,10 +26,16 @@ void report_ranks_ready() {
   const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return;
   const auto size = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + length);
-  const ssize_t sent = ::sendto(fd, kReadyMessage, std::strlen(kReadyMessage), MSG_NOSIGNAL,
-                                reinterpret_cast<const sockaddr*>(&address), size);
-  (void)sent;  // a hint: ddprun falls back to its hold time when it does not arrive
+  const ssize_t sent =
+      ::sendto(fd, message, std::strlen(message), MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&address), size);
+  (void)sent;  // a hint: ddprun falls back to its hold time (or the launcher's own abort) when it does not arrive
   ::close(fd);
 }
+
+}  // namespace
+
+void report_ranks_ready() { send_to_ddprun(kReadyMessage); }
+
+void report_job_aborting() { send_to_ddprun(kAbortingMessage); }
 
 }  // namespace ddprun::comm

@@ -78,6 +78,7 @@ std::vector<std::string> build_launch_command(const LaunchOptions& options, cons
   } else {
     command.insert(command.end(), {"-np", std::to_string(shape.ranks), "--bind-to", "none", "--map-by", "slot"});
     if (shape.oversubscribe) command.emplace_back("--oversubscribe");
+    if (!options.rsh_agent.empty()) command.insert(command.end(), {"--mca", "plm_rsh_agent", options.rsh_agent});
     if (!shape.hostfile.empty()) {
       command.insert(command.end(), {"--hostfile", shape.hostfile});
     } else if (!shape.hosts.empty()) {

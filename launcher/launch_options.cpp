@@ -1,10 +1,13 @@
 // Parsing ddprun's flags (everything up to "--"; what follows is the program and its arguments).
 #include "launcher/launch_options.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cerrno>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 
 namespace ddprun::launcher {
 
@@ -24,6 +27,8 @@ const char* const kLaunchUsage =
     "  -x VAR[=VALUE]        pass VAR (or set it to VALUE) on every rank (repeatable; PATH, LD_LIBRARY_PATH,\n"
     "                        the thread settings OMP_*/MKL_NUM_THREADS/OPENBLAS_NUM_THREADS, NCCL_* and DDPRUN_* "
     "always)\n"
+    "  --rsh-agent COMMAND   how mpirun starts its daemons on the other hosts instead of ssh (Open MPI's\n"
+    "                        plm_rsh_agent: called as COMMAND HOST CMD..., like ssh)\n"
     "  --dry-run             print the launch command and exit\n"
     "Failures and preemption:\n"
     "  --max-restarts K      after a failure (a rank crashed or was killed), start the job again with --resume auto,\n"
@@ -52,6 +57,24 @@ int whole_number(const std::string& flag, const std::string& text, int smallest)
     throw UsageError(flag + " '" + text + "' is not a " + (smallest > 0 ? "positive" : "non-negative") +
                      " whole number");
   return static_cast<int>(value);
+}
+
+// The agent's program (its first word) must be one mpirun can run: a path names an executable file, made absolute
+// (mpirun may run it from elsewhere). Returns the agent with that path.
+std::string checked_rsh_agent(const std::string& agent) {
+  const size_t space = agent.find(' ');
+  const std::string program = agent.substr(0, space);
+  if (program.empty()) throw UsageError("--rsh-agent '" + agent + "' names no program; give a path or a name on PATH");
+  if (program.find('/') == std::string::npos) return agent;  // found on PATH by mpirun, as ssh is
+  struct stat info {};
+  errno = 0;
+  if (stat(program.c_str(), &info) != 0 || !S_ISREG(info.st_mode) || access(program.c_str(), X_OK) != 0)
+    throw UsageError("--rsh-agent: '" + program + "' is not an executable file (" +
+                     (errno != 0 ? std::string(std::strerror(errno)) : "not a regular file") + ")");
+  char* absolute = realpath(program.c_str(), nullptr);
+  const std::string resolved = absolute != nullptr ? absolute : program;
+  std::free(absolute);
+  return resolved + (space == std::string::npos ? "" : agent.substr(space));
 }
 
 }  // namespace
@@ -88,6 +111,8 @@ LaunchOptions parse_launch_options(int argc, const char* const* argv) {
       if (entry.empty() || entry[0] == '=')
         throw UsageError("-x '" + entry + "' names no variable; write -x VAR[=VALUE]");
       o.exports.push_back(entry);
+    } else if (arg == "--rsh-agent") {
+      o.rsh_agent = checked_rsh_agent(value());
     } else if (arg == "--max-restarts") {
       o.max_restarts = whole_number(arg, value(), 0);
     } else if (arg == "--restart-delay") {
@@ -120,6 +145,8 @@ LaunchOptions parse_launch_options(int argc, const char* const* argv) {
     throw UsageError(
         "--hostfile is Open MPI's; with --launcher srun give the hosts with -H or let the Slurm allocation "
         "name them");
+  if (o.launcher == "srun" && !o.rsh_agent.empty())
+    throw UsageError("--rsh-agent is for mpirun's start-up; srun starts its tasks through slurmd on each node");
   for (; i < argc; ++i) o.program.emplace_back(argv[i]);
   if (o.program.empty()) throw UsageError("no program to start; usage: ddprun --np 2 -- ddptrain [ARGS...]");
   return o;

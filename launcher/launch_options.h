@@ -21,6 +21,7 @@ struct LaunchOptions {
   std::string launcher = "mpirun";   // --launcher mpirun|srun
   std::string launcher_path;         // --mpirun PATH / --srun PATH (default: the launcher's name, from PATH)
   std::vector<std::string> exports;  // -x VAR or VAR=VALUE
+  std::string rsh_agent;             // --rsh-agent: how mpirun reaches the other hosts (Open MPI's plm_rsh_agent)
   int max_restarts = 0;              // --max-restarts
   double restart_delay = 1;          // --restart-delay: seconds before the first restart, doubled each time
   bool requeue = true;               // under Slurm, requeue the job when the ranks exit preempted (--no-requeue)

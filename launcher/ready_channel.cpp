@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 
 namespace ddprun::launcher {
 
@@ -43,8 +44,8 @@ ReadyChannel::~ReadyChannel() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-bool ReadyChannel::receive_ready() {
-  bool ready = false;
+ReadyChannel::Reports ReadyChannel::receive() {
+  Reports reports;
   while (fd_ >= 0) {
     char text[64];
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
@@ -60,12 +61,12 @@ bool ReadyChannel::receive_ready() {
     if (header == nullptr || header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_CREDENTIALS) continue;
     ucred sender{};
     std::memcpy(&sender, CMSG_DATA(header), sizeof sender);
-    const size_t expected = std::strlen(kReadyMessage);
-    if (sender.uid == ::getuid() && static_cast<size_t>(n) == expected &&
-        std::memcmp(text, kReadyMessage, expected) == 0)
-      ready = true;
+    if (sender.uid != ::getuid()) continue;
+    const std::string said(text, static_cast<size_t>(n));
+    reports.ready = reports.ready || said == kReadyMessage;
+    reports.aborting = reports.aborting || said == kAbortingMessage;
   }
-  return ready;
+  return reports;
 }
 
 }  // namespace ddprun::launcher

@@ -1,7 +1,8 @@
-// Where the ranks tell ddprun that they catch their preemption signals: an abstract Unix datagram socket
-// (ddprun/launch_contract.h: kEnvReadySocket). Until rank 0 reports there, ddprun holds SIGUSR1/SIGUSR2 back, since a
-// rank that is still loading its libraries would be killed by them. Abstract sockets belong to the network namespace,
-// so only processes on ddprun's node can report; only ones of ddprun's own user are believed.
+// Where the ranks tell ddprun that they catch their preemption signals, and that they are aborting the job: an
+// abstract Unix datagram socket (ddprun/launch_contract.h: kEnvReadySocket). Until rank 0 reports there, ddprun holds
+// SIGUSR1/SIGUSR2 back, since a rank that is still loading its libraries would be killed by them. Abstract sockets
+// belong to the network namespace, so only processes on ddprun's node can report; only ones of ddprun's own user are
+// believed.
 #pragma once
 
 #include <string>
@@ -19,8 +20,13 @@ class ReadyChannel {
   int fd() const { return fd_; }
   // "@ddprun-<pid>-<nonce>", the value of DDPRUN_READY_SOCKET; "" when closed.
   const std::string& address() const { return address_; }
-  // Reads every datagram waiting; true when one was a ready report from a process of this user.
-  bool receive_ready();
+  // What the datagrams waiting said (only those from processes of this user count).
+  struct Reports {
+    bool ready = false;     // rank 0: every rank catches its preemption signals
+    bool aborting = false;  // a rank is about to abort the job
+  };
+  // Reads every datagram waiting.
+  Reports receive();
 
  private:
   int fd_ = -1;

@@ -149,6 +149,7 @@ struct RunResult {
   int signalled = 0;                  // the last signal passed on (or held) during the run, or 0
   Clock::time_point first_signal_at;  // when the first of them came
   std::vector<int> never_passed;      // held for ranks that never became ready
+  bool launcher_ended = false;        // ddprun ended a launcher that did not end an aborted job
 };
 
 // Reaps every exited child; true (and `status`) when `child` was one of them.
@@ -165,7 +166,8 @@ bool reap(pid_t child, int& status) {
 }
 
 // Looks after the launcher `child` until it exits: passes signals on; holds SIGUSR1/SIGUSR2 during the first
-// options.signal_hold seconds until the ranks report ready on `ready`.
+// options.signal_hold seconds until the ranks report ready on `ready`; ends the launcher when a rank reported that it
+// aborts the job and the launcher has not ended it kAbortGraceSeconds later.
 RunResult watch_run(pid_t child, const SignalQueue& signals, ReadyChannel& ready, const SupervisorOptions& options) {
   RunResult result;
   const auto start = Clock::now();
@@ -185,6 +187,8 @@ RunResult watch_run(pid_t child, const SignalQueue& signals, ReadyChannel& ready
     held.clear();
   };
   int status = 0;
+  bool aborting = false;
+  Clock::time_point aborting_since;
   while (true) {
     int timeout_ms = -1;
     if (!ranks_ready) {
@@ -195,12 +199,31 @@ RunResult watch_run(pid_t child, const SignalQueue& signals, ReadyChannel& ready
       }
       timeout_ms = static_cast<int>(std::ceil(left * 1000));
     }
+    if (aborting && !result.launcher_ended) {
+      const double left = kAbortGraceSeconds - seconds_since(aborting_since);
+      if (left <= 0) {
+        say("a rank aborted the job " + seconds_text(kAbortGraceSeconds) + " ago and " + options.launcher +
+            " has not ended it (it may be waiting for a node it can no longer reach): ending " + options.launcher);
+        kill(child, SIGKILL);
+        result.launcher_ended = true;
+        continue;
+      }
+      const int abort_ms = static_cast<int>(std::ceil(left * 1000));
+      timeout_ms = timeout_ms < 0 ? abort_ms : std::min(timeout_ms, abort_ms);
+    }
     pollfd fds[2] = {{signals.fd(), POLLIN, 0}, {ready.fd(), POLLIN, 0}};
-    const nfds_t watched = !ranks_ready && ready.fd() >= 0 ? 2 : 1;
+    const nfds_t watched = ready.fd() >= 0 ? 2 : 1;
     if (poll(fds, watched, timeout_ms) < 0) continue;  // EINTR
-    if (watched == 2 && (fds[1].revents & POLLIN) && ready.receive_ready())
-      release("until the ranks were ready, " + seconds_text(std::round(seconds_since(start) * 100) / 100) +
-              " after the start");
+    if (watched == 2 && (fds[1].revents & POLLIN)) {
+      const ReadyChannel::Reports reports = ready.receive();
+      if (reports.ready && !ranks_ready)
+        release("until the ranks were ready, " + seconds_text(std::round(seconds_since(start) * 100) / 100) +
+                " after the start");
+      if (reports.aborting && !aborting) {
+        aborting = true;
+        aborting_since = Clock::now();
+      }
+    }
     bool ended = false;
     for (int signal; (signal = signals.next()) != 0;) {
       if (signal == SIGCHLD) {
@@ -221,6 +244,7 @@ RunResult watch_run(pid_t child, const SignalQueue& signals, ReadyChannel& ready
     if (ended) break;
   }
   result.end = {WIFSIGNALED(status), WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status)};
+  if (result.launcher_ended) result.end = {false, kExitFailure};  // the ranks' failure, not ddprun's SIGKILL
   result.never_passed = held;
   return result;
 }
@@ -283,8 +307,7 @@ int supervise(const SupervisorOptions& options, const std::function<std::vector<
 
   std::string codes;  // every run's exit code, for the final report
   for (int restart = 0;; ++restart) {
-    while (ready.receive_ready()) {
-    }  // a report left over from an earlier run is not this one's
+    ready.receive();  // a report left over from an earlier run is not this one's
     const pid_t child = start_child(command_for(restart), child_mask);
     const RunResult run = watch_run(child, signals, ready, options);
     const bool all_gone = end_leftovers(options.launcher, subreaper);

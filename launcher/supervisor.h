@@ -24,6 +24,9 @@ struct SupervisorOptions {
 constexpr double kMaxRestartDelay = 60;
 // Ranks still there after the launcher ended get SIGTERM, then SIGKILL this much later (mpirun's own delay).
 constexpr double kLeftoverGraceSeconds = 1;
+// A rank that reported it is aborting the job: if the launcher has not ended the job this much later (mpirun waits
+// for a node it cannot reach), ddprun ends the launcher (SIGKILL), and then the leftovers.
+constexpr double kAbortGraceSeconds = 10;
 
 // How the launcher ended: its exit code, or the signal that killed it.
 struct JobEnd {

@@ -343,6 +343,43 @@ struct CheckpointManager::Impl {
     }
   }
 
+  // Every rank reads the checkpoints rank 0 writes, so every rank must see the same directory: rank 0 leaves a file
+  // of a name no one has looked up before (so no cached "not there" answers for it), every rank looks for it.
+  void check_shared_directory() {
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    const std::string marker = ".ddprun-shared-check." + std::string(host) + "." + std::to_string(::getpid());
+    const std::string path = options.directory + "/" + marker;
+    comm::run_on_all_ranks(comm, [&] {
+      if (!rank0()) return;
+      const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      if (fd < 0)
+        throw SetUpError("cannot write " + path + " (" + std::strerror(errno) + ") in " + options.directory_name);
+      ::close(fd);
+    });
+    const std::vector<std::string> names = comm.allgather_bytes(rank0() ? marker : "");
+    struct stat info {};
+    const bool seen = ::stat((options.directory + "/" + names[0]).c_str(), &info) == 0;
+    const std::vector<std::string> views = comm.allgather_bytes(std::string(seen ? "1" : "0") + host);
+    if (rank0()) ::unlink(path.c_str());
+    std::string blind, hosts;
+    int first = -1;
+    for (size_t r = 0; r < views.size(); ++r) {
+      if (views[r][0] == '1') continue;
+      if (first < 0) first = static_cast<int>(r);
+      blind += (blind.empty() ? "" : ", ") + std::to_string(r);
+      const std::string h = views[r].substr(1);
+      if (hosts.find(h) == std::string::npos) hosts += (hosts.empty() ? "" : ", ") + h;
+    }
+    if (first >= 0)
+      throw SetUpError(
+          options.directory_name + " '" + options.directory + "' is not the folder rank 0 writes to, on rank(s) " +
+              blind + " (" + hosts + "): they do not see the file rank 0 just made there, and would " +
+              "resume from files of their own; give a folder every node shares (a shared file system), or " +
+              "let rank 0 read the checkpoints for all (" + options.read_on_rank0_name + ")",
+          first);
+  }
+
   void warn_unwrapped() {
     if (warned_unwrapped || comm.size() == 1 || !rank0()) return;
     for (const auto& [key, module] : LibraryAccess::modules(state)) {
@@ -515,6 +552,7 @@ CheckpointManager::CheckpointManager(ProcessGroup& group, TrainingState state, C
     }
     m.have_checkpoint = m.checkpoint_on_disk();
   });
+  if (!m.options.read_on_rank0 && m.comm.size() > 1) m.check_shared_directory();
   if (m.rank0() && m.options.async_save) m.async = std::make_unique<checkpoint::AsyncSaver>();
 }
 

@@ -17,6 +17,7 @@ packages=(
   slurmctld slurmd slurm-client munge  # a real one-node Slurm cluster for the sbatch/preempt/requeue test
   bc                              # the fault tests' timings
   python3-matplotlib              # scripts/plot_metrics.py
+  iproute2 util-linux             # scripts/cluster/cluster.sh: simulated nodes (ip netns, tc, unshare, nsenter)
 )
 
 missing=()

@@ -272,6 +272,7 @@ class Run {
     where.read_on_rank0 = o_.resume_broadcast;
     where.directory_name = "--output-dir";
     where.resume_name = "--resume";
+    where.read_on_rank0_name = "--resume-broadcast";
     where.resume_auto_name = "--resume auto";
     checkpoints_ = std::make_unique<CheckpointManager>(group_, state, where);
 

@@ -107,12 +107,15 @@ struct CheckpointOptions {
   std::string directory_name = "CheckpointOptions::directory";
   std::string resume_name = "CheckpointManager::resume()";
   std::string resume_auto_name = "CheckpointManager::resume_auto()";
+  std::string read_on_rank0_name = "CheckpointOptions::read_on_rank0";
 };
 
 class CheckpointManager {
  public:
   // On every rank: rank 0 creates the directory, checks that it can write there, and removes the partial files of
-  // writes that were cut short (their writer is gone); SetUpError on every rank when it cannot.
+  // writes that were cut short (their writer is gone); unless read_on_rank0, every rank checks that it sees the
+  // folder rank 0 writes to (a node-local path given by mistake would resume each node from its own files).
+  // SetUpError on every rank when any of it fails.
   CheckpointManager(ProcessGroup& group, TrainingState state, CheckpointOptions options = {});
   ~CheckpointManager();  // waits for a background save
   CheckpointManager(const CheckpointManager&) = delete;

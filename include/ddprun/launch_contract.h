@@ -22,6 +22,9 @@ constexpr const char* kEnvProgress = "DDPRUN_PROGRESS";           // "1": ddprun
 constexpr const char* kEnvReadySocket = "DDPRUN_READY_SOCKET";
 // The message rank 0 sends there.
 constexpr const char* kReadyMessage = "ready";
+// What a rank on ddprun's node sends there just before it aborts the job (MPI_Abort): if the launcher has not ended
+// the job a few seconds later (mpirun waits for a node it can no longer reach), ddprun ends it.
+constexpr const char* kAbortingMessage = "aborting";
 // The longest collective timeout, in seconds (a week): for DDPRUN_COMM_TIMEOUT, ProcessGroupOptions::timeout_seconds
 // and ddptrain's --comm-timeout alike.
 constexpr double kMaxCommTimeoutSeconds = 7 * 24 * 3600;

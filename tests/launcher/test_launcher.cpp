@@ -248,6 +248,20 @@ TEST(LaunchCommand, BuildsMpirunWithTheRanksEnvironment) {
             "OMP_NUM_THREADS -x PATH -x A=1 -x HOME prog --lr 1");
 }
 
+TEST(LaunchCommand, PassesTheRshAgentToMpirun) {
+  JobShape shape;
+  shape.ranks = 4;
+  shape.hosts = {{"a", 2}, {"b", 2}};
+  EXPECT_EQ(
+      shell_line(build_launch_command(options_for({"--rsh-agent", "/usr/bin/true -p 22", "--", "prog"}), shape, {}, 0)),
+      "mpirun -np 4 --bind-to none --map-by slot --mca plm_rsh_agent '/usr/bin/true -p 22' -H a:2,b:2 prog");
+  EXPECT_NO_THROW(options_for({"--rsh-agent", "ssh", "--", "prog"}));  // a name: mpirun finds it on PATH
+  EXPECT_THROW(options_for({"--rsh-agent", "/nonexistent/agent", "--", "prog"}), UsageError);
+  EXPECT_THROW(options_for({"--rsh-agent", "/etc/passwd", "--", "prog"}), UsageError);
+  EXPECT_THROW(options_for({"--rsh-agent", "", "--", "prog"}), UsageError);
+  EXPECT_THROW(options_for({"--launcher", "srun", "--rsh-agent", "ssh", "--", "prog"}), UsageError);
+}
+
 TEST(LaunchCommand, BuildsSrunWithPmix) {
   const LaunchOptions options = options_for({"--launcher", "srun", "-x", "A=1", "--", "prog"});
   JobShape shape;
@@ -357,12 +371,12 @@ TEST(ChildProcesses, LeftoversAreInheritedAndEnded) {
   close(ready[1]);
 }
 
-// The ready channel takes the ready message from a process of this user, and nothing else.
+// The ready channel takes the ready and aborting messages from a process of this user, and nothing else.
 TEST(ReadyChannel, TakesTheRanksReport) {
   ReadyChannel channel;
   ASSERT_GE(channel.fd(), 0);
   ASSERT_EQ(channel.address().rfind("@ddprun-", 0), 0u) << channel.address();
-  EXPECT_FALSE(channel.receive_ready());
+  EXPECT_FALSE(channel.receive().ready);
   auto send = [&](const std::string& text) {
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
@@ -374,10 +388,18 @@ TEST(ReadyChannel, TakesTheRanksReport) {
     close(fd);
   };
   send("hello");
-  EXPECT_FALSE(channel.receive_ready());
+  send(std::string(ddprun::kReadyMessage) + "x");
+  const ReadyChannel::Reports nothing = channel.receive();
+  EXPECT_FALSE(nothing.ready || nothing.aborting);
   send(ddprun::kReadyMessage);
-  EXPECT_TRUE(channel.receive_ready());
-  EXPECT_FALSE(channel.receive_ready());  // read once
+  const ReadyChannel::Reports ready = channel.receive();
+  EXPECT_TRUE(ready.ready);
+  EXPECT_FALSE(ready.aborting);
+  EXPECT_FALSE(channel.receive().ready);  // read once
+  send(ddprun::kAbortingMessage);
+  const ReadyChannel::Reports aborting = channel.receive();
+  EXPECT_TRUE(aborting.aborting);
+  EXPECT_FALSE(aborting.ready);
 }
 
 TEST(Supervisor, RequeuesTheRightSlurmJob) {
