@@ -114,15 +114,18 @@ except OSError as e: sys.exit('node$i cannot reach node$j: %s' % e)" || die "the
   status
 }
 
-# Runs "$@" on node $1: its hostname, its network (ip netns exec, which also puts /etc/netns/<ns>/hosts in place in a
-# mount namespace of its own), and its local folder. With run_exec=exec, in place of this script.
+# Runs "$@" on node $1: its hostname, its network, and in a mount namespace of its own the node's /etc/hosts and
+# local folder (the rest of the file system, /sys and its cgroups included, is the machine's: slurmd needs them).
+# With run_exec=exec, in place of this script.
 run_exec=
 run_on() {
   local node=$1
   shift
   known_node "$node"
-  $run_exec nsenter --uts="$state/uts-$node" ip netns exec "$(namespace "$node")" \
-    /bin/sh -c 'mount --bind "$1" "$2" && shift 2 && exec "$@"' sh "$state/local-$node" "$state/local" "$@"
+  $run_exec nsenter --uts="$state/uts-$node" --net="/run/netns/$(namespace "$node")" \
+    unshare --mount --propagation slave /bin/sh -c \
+    'mount --bind "$1" /etc/hosts && mount --bind "$2" "$3" && shift 3 && exec "$@"' \
+    sh "/etc/netns/$(namespace "$node")/hosts" "$state/local-$node" "$state/local" "$@"
 }
 
 status() {
