@@ -4,18 +4,25 @@
 # torch.distributed, same sizes and method); prints the nccl-tests style rows, a table of ratios with the targets
 # (>= 0.95x MPI from 1 MiB, ahead of gloo everywhere, >= 1.5x MPI from 32 MiB), and one JSON line per impl and size.
 #   scripts/bench/allreduce.sh [--ranks N] [--repeats R] [--max-bytes B] [--quick]
+#   scripts/bench/allreduce.sh --hosts node1:2,node2:2 [--link-rate 1gbit] [--repeats R] [--max-bytes B]
 # --quick: 4 KiB to 1 MiB, 1 repeat, short measurements (the ctest smoke run). Builds what it needs into ./build
 # (or $BUILD_DIR).
+# --hosts: across simulated nodes (scripts/cluster/cluster.sh, as root; node names node1..node4), links shaped to
+# --link-rate: ddprun's communicator against Open MPI's flat default (coll/tuned) measured alternately in one run, and
+# Open MPI's hierarchical coll/han in a run of its own; prints the ratios against the goals (>= 1.3x flat from 4 MiB,
+# never below 0.95x) and the link budget (busbw / link rate), then JSON lines with a "hosts" field.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ranks=2 repeats=5 max_bytes=$((256 << 20)) seconds=0.1
+ranks=2 repeats=5 max_bytes=$((256 << 20)) seconds=0.1 hosts="" link_rate=1gbit
 while [ $# -gt 0 ]; do
   case $1 in
+    --hosts) hosts=$2; shift 2 ;;
+    --link-rate) link_rate=$2; shift 2 ;;
     --ranks) ranks=$2; shift 2 ;;
     --repeats) repeats=$2; shift 2 ;;
     --max-bytes) max_bytes=$2; shift 2 ;;
     --quick) repeats=1 max_bytes=$((1 << 20)) seconds=0.01; shift ;;
-    *) echo "allreduce.sh: unknown argument $1 (use --ranks N, --repeats R, --max-bytes B, --quick)" >&2; exit 2 ;;
+    *) echo "allreduce.sh: unknown argument $1 (use --ranks N, --repeats R, --max-bytes B, --quick, --hosts H, --link-rate R)" >&2; exit 2 ;;
   esac
 done
 python=/usr/bin/python3
@@ -25,6 +32,58 @@ build=${BUILD_DIR:-build}
 [ -d "$build" ] || scripts/build.sh > /dev/null
 cmake --build "$build" --target allreduce_bench > /dev/null
 cores=$(getconf _NPROCESSORS_ONLN)  # (nproc would answer OMP_NUM_THREADS)
+if [ -n "$hosts" ]; then
+  [[ $hosts =~ ^(node[1-4]:[0-9]+,)+node[1-4]:[0-9]+$ ]] ||
+    { echo "allreduce.sh: --hosts '$hosts': give simulated nodes with slots, e.g. node1:2,node2:2" >&2; exit 2; }
+  cluster=scripts/cluster/cluster.sh
+  nodes=$(tr ',' '\n' <<< "$hosts" | cut -d: -f1 | sort -u | wc -l)
+  ranks=$(tr ',' '\n' <<< "$hosts" | cut -d: -f2 | paste -sd+ | bc)
+  tmp=$(mktemp -d)
+  trap '"$cluster" stop > /dev/null; rm -rf "$tmp"' EXIT
+  "$cluster" start --nodes "$nodes" --link-rate "$link_rate" > /dev/null
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+  run=("$cluster" exec node1 mpirun -H "$hosts" -np "$ranks" --bind-to none --mca plm_rsh_agent
+    "$PWD/scripts/cluster/rsh-agent.sh")
+  bench=("$(cd "$build" && pwd)/bin/allreduce_bench" --repeats "$repeats" --max-bytes "$max_bytes" --seconds "$seconds")
+  echo "# machine: $cores cores, $(uname -r); $nodes simulated nodes ($hosts), links $link_rate"
+  "${run[@]}" "${bench[@]}" > "$tmp/flat" 2>&1 || { echo "allreduce.sh: the flat run failed:" >&2; tail -20 "$tmp/flat" >&2; exit 1; }
+  grep -v '^RESULT\|^PAIRED' "$tmp/flat"
+  han=ok
+  "${run[@]}" --mca coll_han_priority 100 "${bench[@]}" --only mpi > "$tmp/han" 2>&1 ||
+    han="failed: $(grep -m1 -o 'exited on signal [0-9]* ([A-Za-z ]*)' "$tmp/han" || tail -1 "$tmp/han")"
+  echo "# Open MPI coll/han (--mca coll_han_priority 100): $han"
+  sed 's/^RESULT mpi/RESULT han/' "$tmp/han" | grep '^RESULT' > "$tmp/han_results" || true
+  grep '^RESULT' "$tmp/flat" | sed 's/^RESULT mpi/RESULT flat/' > "$tmp/results"
+  cat "$tmp/han_results" >> "$tmp/results"
+  echo
+  # ddprun/flat: the median of the paired per-repeat ratios (alternating, one program); ddprun/han: medians.
+  awk -v rate="$link_rate" -v hosts="$hosts" '
+    FNR == 1 { file++ }
+    file == 1 && $1 == "PAIRED" { paired[$3] = $4; lo[$3] = $5; hi[$3] = $6; next }
+    file == 2 { busbw[$2, $4] = $5; if (!($4 in seen)) { seen[$4] = 1; sizes[++n] = $4 } }
+    END {
+      r = rate; unit = 1; sub(/bit$/, "", r)
+      if (r ~ /g$/) unit = 1e9; else if (r ~ /m$/) unit = 1e6; else if (r ~ /k$/) unit = 1e3
+      sub(/[kmg]$/, "", r); link = r * unit / 8 / 1e9
+      printf "# busbw in GB/s (medians) on %s, link %s = %.3f GB/s; ddprun/flat is the median of paired ratios\n", hosts, rate, link
+      printf "%12s %9s %9s %9s %11s %13s %10s %10s  %s\n", "size(B)", "ddprun", "flat", "han", "ddprun/flat",
+             "(range)", "ddprun/han", "link used", "goal"
+      missed = 0
+      for (i = 1; i <= n; i++) {
+        s = sizes[i]; d = busbw["ddprun", s]; f = busbw["flat", s]; h = busbw["han", s]; p = paired[s]
+        verdict = "ok"
+        if (p < 0.95) verdict = "MISSED >= 0.95x flat"
+        if (s >= 4194304 && p < 1.3) verdict = "MISSED >= 1.3x flat"
+        if (verdict != "ok") missed++
+        printf "%12d %9.3f %9.3f %9s %11.2f %6.2f-%-6.2f %10s %10.2f  %s\n", s, d, f, h == "" ? "-" : sprintf("%.3f", h),
+               p, lo[s], hi[s], h == "" ? "-" : sprintf("%.2f", d / h), d / link, verdict
+      }
+      printf "# %d of %d sizes miss a goal; link used = busbw / link rate (goal >= 0.85)\n", missed, n
+    }' "$tmp/flat" "$tmp/results"
+  echo
+  awk -v hosts="$hosts" '{ printf "{\"impl\": \"%s\", \"ranks\": %d, \"hosts\": \"%s\", \"bytes\": %d, \"busbw_GBps\": %.4f, \"busbw_min\": %.4f, \"busbw_max\": %.4f}\n", $2, $3, hosts, $4, $5, $6, $7 }' "$tmp/results"
+  exit 0
+fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 mpirun=(mpirun -np "$ranks" --bind-to none)
 [ "$ranks" -le "$cores" ] || mpirun+=(--oversubscribe)
