@@ -475,25 +475,19 @@ class MpiCommunicator final : public Communicator {
           if (r != rank_) MPI_Send(&query, 1, MPI_UINT64_T, r, kTagCallQuery, control_);
         next_query = now + std::chrono::milliseconds(500);
       }
-      for (;;) {
-        int pending = 0;
-        MPI_Status status;
-        MPI_Iprobe(MPI_ANY_SOURCE, kTagCallReply, control_, &pending, &status);
-        if (!pending) break;
-        int length = 0;
-        MPI_Get_count(&status, MPI_CHAR, &length);
-        std::string reply(static_cast<size_t>(length), '\0');
-        MPI_Recv(reply.data(), length, MPI_CHAR, status.MPI_SOURCE, kTagCallReply, control_, MPI_STATUS_IGNORE);
-        last_answer[status.MPI_SOURCE] = Clock::now();
-        std::istringstream fields(reply);
+      for (int source = 0;;) {
+        const std::optional<std::string> reply = receive_text(kTagCallReply, source);
+        if (!reply) break;
+        last_answer[source] = Clock::now();
+        std::istringstream fields(*reply);
         uint64_t their_query = 0, their_seq = 0;
         int running = 0;
         fields >> their_query >> their_seq >> running;
         std::string what;
         std::getline(fields >> std::ws, what);
         if (running && their_seq > issued)
-          throw CommError(call + ": rank " + std::to_string(status.MPI_SOURCE) + " will never make this call: it " +
-                              "waits in " + what + ", a collective rank " + std::to_string(rank_) +
+          throw CommError(call + ": rank " + std::to_string(source) + " will never make this call: it " + "waits in " +
+                              what + ", a collective rank " + std::to_string(rank_) +
                               " has not issued (the call was made on some ranks only; make it on every rank)",
                           -1, kExitUsage);
       }
@@ -778,6 +772,20 @@ class MpiCommunicator final : public Communicator {
     return std::to_string(started_seq_) + " " + (running_ ? "1 " : "0 ") + what;
   }
 
+  // A text message with `tag` on the control communicator, if one is waiting (and who sent it); never blocks.
+  std::optional<std::string> receive_text(int tag, int& source) {
+    int pending = 0;
+    MPI_Status status;
+    MPI_Iprobe(MPI_ANY_SOURCE, tag, control_, &pending, &status);
+    if (!pending) return std::nullopt;
+    int length = 0;
+    MPI_Get_count(&status, MPI_CHAR, &length);
+    std::string text(static_cast<size_t>(length), '\0');
+    MPI_Recv(text.data(), length, MPI_CHAR, status.MPI_SOURCE, tag, control_, MPI_STATUS_IGNORE);
+    source = status.MPI_SOURCE;
+    return text;
+  }
+
   // Answers the status queries waiting: a timed-out rank's (kTagStatusQuery, its sequence number) with the status
   // text, a rendezvous' (kTagCallQuery, its query number) with the query number and the status text.
   void answer_status_queries() {
@@ -811,18 +819,13 @@ class MpiCommunicator final : public Communicator {
       const auto deadline = Clock::now() + std::chrono::seconds(3);
       while (answered < size_ - 1 && Clock::now() < deadline) {
         answer_status_queries();  // the ranks that timed out too are asking us
-        int pending = 0;
-        MPI_Status status;
-        MPI_Iprobe(MPI_ANY_SOURCE, kTagStatusReply, control_, &pending, &status);
-        if (!pending) {
+        int source = 0;
+        std::optional<std::string> reply = receive_text(kTagStatusReply, source);
+        if (!reply) {
           std::this_thread::sleep_for(std::chrono::milliseconds(5));
           continue;
         }
-        int length = 0;
-        MPI_Get_count(&status, MPI_CHAR, &length);
-        std::string reply(length, '\0');
-        MPI_Recv(reply.data(), length, MPI_CHAR, status.MPI_SOURCE, kTagStatusReply, control_, MPI_STATUS_IGNORE);
-        replies[status.MPI_SOURCE] = reply;
+        replies[source] = std::move(*reply);
         ++answered;
       }
       peers = describe_peers(replies, seq);

@@ -363,13 +363,14 @@ struct CheckpointManager::Impl {
     const std::vector<std::string> views = comm.allgather_bytes(std::string(seen ? "1" : "0") + host);
     if (rank0()) ::unlink(path.c_str());
     std::string blind, hosts;
+    std::set<std::string> hosts_named;
     int first = -1;
     for (size_t r = 0; r < views.size(); ++r) {
       if (views[r][0] == '1') continue;
       if (first < 0) first = static_cast<int>(r);
       blind += (blind.empty() ? "" : ", ") + std::to_string(r);
       const std::string h = views[r].substr(1);
-      if (hosts.find(h) == std::string::npos) hosts += (hosts.empty() ? "" : ", ") + h;
+      if (hosts_named.insert(h).second) hosts += (hosts.empty() ? "" : ", ") + h;
     }
     if (first >= 0)
       throw SetUpError(

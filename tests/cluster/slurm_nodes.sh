@@ -11,13 +11,13 @@ slurm=$work/slurm
 trap '"$source_dir/scripts/slurm/local-cluster.sh" stop "$slurm" > /dev/null 2>&1; "$cluster" stop > /dev/null; rm -rf "$work"' EXIT
 "$cluster" start --nodes 2 --link-rate 1gbit > /dev/null
 "$source_dir/scripts/slurm/local-cluster.sh" start "$slurm" --simulated-nodes
-on() { "$cluster" exec node1 env SLURM_CONF="$slurm/slurm.conf" "$@"; }
+slurm_client=("$cluster" exec node1 env SLURM_CONF="$slurm/slurm.conf")  # Slurm's clients run on node1
+. "$source_dir/tests/slurm/jobs.sh"
+on() { "${slurm_client[@]}" "$@"; }
 train=(--model mnist_cnn -b 32 --train-limit 4096 --test-limit 64 --threads 1 --epochs 2 --lr-step-size 1)
 
 on "$bin/ddprun" --np 4 -- ddptrain "${train[@]}" --output-dir "$work/ref" > "$work/ref.out" 2>&1 ||
   fail "the reference run failed: $(cat "$work/ref.out")"
-job_state() { on scontrol show job "$1" | grep -o "JobState=[A-Z_]*" | cut -d= -f2; }
-job_reason() { on scontrol show job "$1" | grep -o "Reason=[^ ]*" | cut -d= -f2; }
 
 dir=$work/job
 mkdir -p "$dir"
@@ -28,12 +28,7 @@ for _ in $(seq 900); do [ -f "$dir/run/checkpoint.pth" ] && break; sleep 0.1; do
 [ -f "$dir/run/checkpoint.pth" ] || fail "no checkpoint after 90 s (job $job: $(job_state "$job"), reason $(job_reason "$job")): $(cat "$dir/job.out" 2>&1); $(on scontrol show job "$job")"
 start=$(date +%s.%N)
 on scancel --signal=USR1 --batch "$job"
-state=
-for _ in $(seq 480); do
-  state=$(job_state "$job")
-  case $state in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL) break ;; esac
-  sleep 0.5
-done
+wait_for_job_end "$job" 240
 elapsed=$(echo "$(date +%s.%N) - $start" | bc)
 log=$(cat "$dir/job.out")
 [ "$state" = COMPLETED ] || fail "job $job ended $state: $log"

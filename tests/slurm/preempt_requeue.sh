@@ -20,7 +20,7 @@ train=(--model mnist_cnn -b 32 --train-limit 4096 --test-limit 64 --threads 1 --
 "$bin/ddprun" --np 2 -- ddptrain "${train[@]}" --output-dir "$work/ref" > "$work/ref.out" 2>&1 ||
   fail "the reference run failed: $(cat "$work/ref.out")"
 
-job_state() { scontrol show job "$1" | grep -o "JobState=[A-Z_]*" | cut -d= -f2; }
+. "$(dirname "$0")/jobs.sh"
 
 for template in single-node multi-node; do
   dir=$work/$template
@@ -35,12 +35,7 @@ for template in single-node multi-node; do
   [ -f "$dir/run/checkpoint.pth" ] ||
     fail "$template: no checkpoint after 60 s (job $job: $(job_state "$job")): $(cat "$dir/job.out" 2>&1)"
   scancel --signal=USR1 --batch "$job"
-  state=
-  for _ in $(seq 240); do
-    state=$(job_state "$job")
-    case $state in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL) break ;; esac
-    sleep 0.5
-  done
+  wait_for_job_end "$job" 120
   log=$(cat "$dir/job.out")
   [ "$state" = COMPLETED ] || fail "$template: job $job ended $state: $log"
   scontrol show job "$job" | grep -q "Restarts=1 " || fail "$template: job $job was not requeued once: $(scontrol show job "$job")"
