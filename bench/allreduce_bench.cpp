@@ -8,7 +8,8 @@
 // time is taken when the last completes (ddprun: issued asynchronously, then the last is waited for; MPI: a loop of
 // blocking calls), the slowest rank's time counts. algbw = bytes / time, busbw = algbw * 2 (n - 1) / n.
 // The two are measured alternately, repeat by repeat; besides each one's median, the median of the per-repeat ratios
-// ddprun/MPI is printed (PAIRED lines), which the machine's slow drifts affect least.
+// ddprun/MPI is printed (PAIRED lines), which the machine's slow drifts affect least. Both run in one process set
+// up as ddprun sets up a training program's (the communicator starts MPI).
 #include "comm/communicator.h"
 
 #include <ATen/ops/ones.h>
@@ -93,9 +94,9 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   {
+    // The communicator starts MPI, as in a training program (with the settings it chooses: see
+    // comm/mpi_communicator.cpp); the raw loop then runs on MPI_COMM_WORLD with Open MPI's own algorithm choice.
     auto comm = ddprun::comm::make_mpi_communicator(ddprun::comm::comm_options_from_env());
     const int n = comm->size();
     const double bus_factor = n > 1 ? 2.0 * (n - 1) / n : 1.0;
@@ -147,7 +148,6 @@ int main(int argc, char** argv) {
                   *std::min_element(ratios.begin(), ratios.end()), *std::max_element(ratios.begin(), ratios.end()));
       std::fflush(stdout);
     }
-  }
-  MPI_Finalize();
+  }  // the communicator finalizes MPI
   return 0;
 }

@@ -40,6 +40,10 @@ CommOptions comm_options_from_env() {
   options.check_shapes = env_number("DDPRUN_COMM_CHECK", kDebugBuild ? 1 : 0, 1) != 0;
   options.segment_bytes = static_cast<int64_t>(
       env_number("DDPRUN_COMM_SEGMENT_BYTES", static_cast<double>(options.segment_bytes), double(int64_t{1} << 40)));
+  options.tree_from_bytes = static_cast<int64_t>(env_number(
+      "DDPRUN_COMM_TREE_FROM_BYTES", static_cast<double>(options.tree_from_bytes), double(int64_t{1} << 40)));
+  options.tree_segment_bytes = static_cast<int64_t>(env_number(
+      "DDPRUN_COMM_TREE_SEGMENT_BYTES", static_cast<double>(options.tree_segment_bytes), double(int64_t{1} << 40)));
   return options;
 }
 

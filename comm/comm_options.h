@@ -18,10 +18,17 @@ struct CommOptions {
   bool check_shapes = false;
   // Large buffers are reduced in pieces of this many bytes (they stay in cache; see scripts/bench/allreduce.sh).
   int64_t segment_bytes = int64_t{4} << 20;
+  // Buffers of at least this many bytes (0: none) are all-reduced with Open MPI's Rabenseifner algorithm, which sums
+  // in a balanced tree over the ranks whatever the nodes (so 2 nodes x 2 ranks give the bits of 1 node x 4) and
+  // crosses between nodes with half the bytes of the flat ring on 2 ranks per node; in pieces of
+  // tree_segment_bytes. Measured by scripts/bench/allreduce.sh --hosts (docs/performance.md, "Across nodes").
+  int64_t tree_from_bytes = int64_t{64} << 10;
+  int64_t tree_segment_bytes = int64_t{1} << 20;
 };
 
 // CommOptions from the environment: DDPRUN_COMM_TIMEOUT (seconds), DDPRUN_COMM_CHECK (0/1; on by default in
-// builds without NDEBUG), DDPRUN_COMM_SEGMENT_BYTES; throws std::invalid_argument naming a variable that is not a
+// builds without NDEBUG), DDPRUN_COMM_SEGMENT_BYTES, DDPRUN_COMM_TREE_FROM_BYTES (0 turns the tree off),
+// DDPRUN_COMM_TREE_SEGMENT_BYTES; throws std::invalid_argument naming a variable that is not a
 // number in its range. Explicit flags override these in ddptrain.
 CommOptions comm_options_from_env();
 

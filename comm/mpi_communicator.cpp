@@ -8,6 +8,7 @@
 // MPI with MPI_THREAD_SERIALIZED, collectives still run on the communication thread (never two MPI calls at once)
 // and timeouts still abort the job, but the other ranks are not asked. Less than SERIALIZED is refused.
 #include "comm/communicator.h"
+#include "comm/open_mpi_settings.h"
 #include "comm/ready_report.h"
 #include "comm/tensor_text.h"
 
@@ -319,11 +320,7 @@ class MpiCommunicator final : public Communicator {
     int initialized = 0;
     MPI_Initialized(&initialized);
     if (!initialized) {
-      // Open MPI's progress loop spins while a collective waits for a peer; ours waits on the communication thread
-      // while the rank's compute threads want the same cores, so let it yield (what Open MPI does by itself when it
-      // sees more ranks than cores). The training benchmark measured no difference beyond its noise
-      // (docs/performance.md, "Training throughput"). A value the user set wins; other MPIs ignore the variable.
-      setenv("OMPI_MCA_mpi_yield_when_idle", "1", /*overwrite=*/0);
+      set_open_mpi_environment();  // the progress loop yields; coll/tuned may take a forced choice (see there)
       check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &thread_level_), "MPI_Init_thread");
       owns_mpi_ = true;
     } else {
@@ -342,6 +339,12 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm_set_errhandler(world_, MPI_ERRORS_RETURN);
     MPI_Comm_set_errhandler(control_, MPI_ERRORS_RETURN);
     MPI_Comm_set_errhandler(calls_, MPI_ERRORS_RETURN);
+    if (options_.tree_from_bytes > 0) {
+      tree_ = duplicate_with_allreduce_algorithm(MPI_COMM_WORLD, kOpenMpiRabenseifner, &tree_missing_);
+      if (tree_ != MPI_COMM_NULL) MPI_Comm_set_errhandler(tree_, MPI_ERRORS_RETURN);
+    } else {
+      tree_missing_ = "DDPRUN_COMM_TREE_FROM_BYTES=0";
+    }
     MPI_Comm_rank(world_, &rank_);
     MPI_Comm_size(world_, &size_);
     check(MPI_Comm_split_type(world_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_), "MPI_Comm_split_type");
@@ -384,7 +387,11 @@ class MpiCommunicator final : public Communicator {
   std::string backend_name() const override {
     return std::string("mpi (") + thread_level_name(thread_level_) + ", " +
            (mpi_is_cuda_aware() ? "CUDA-aware, " : "not CUDA-aware, ") + "segments of " +
-           describe_bytes(options_.segment_bytes) + ")";
+           describe_bytes(options_.segment_bytes) + "; " +
+           (tree_ != MPI_COMM_NULL ? "Rabenseifner's all-reduce from " + describe_bytes(options_.tree_from_bytes) +
+                                         " in segments of " + describe_bytes(options_.tree_segment_bytes)
+                                   : "Open MPI's own all-reduce choice at every size (" + tree_missing_ + ")") +
+           ")";
   }
   const CommOptions& options() const override { return options_; }
 
@@ -599,9 +606,13 @@ class MpiCommunicator final : public Communicator {
   // elements, or in bytes when `as_bytes`.
   template <typename Fn>
   void for_each_segment(const at::Tensor& host, bool as_bytes, Fn fn) const {
+    for_each_segment(host, as_bytes, options_.segment_bytes, fn);
+  }
+  template <typename Fn>
+  void for_each_segment(const at::Tensor& host, bool as_bytes, int64_t segment_bytes, Fn fn) const {
     const int64_t unit = as_bytes ? 1 : host.element_size();
     const int64_t count = host.nbytes() / unit;
-    const int64_t limit = options_.segment_bytes > 0 ? options_.segment_bytes / unit : INT_MAX;
+    const int64_t limit = segment_bytes > 0 ? segment_bytes / unit : INT_MAX;
     const int64_t step = std::clamp<int64_t>(limit, 1, INT_MAX);
     char* data = static_cast<char*>(host.data_ptr());
     for (int64_t done = 0; done < count; done += step)
@@ -659,9 +670,14 @@ class MpiCommunicator final : public Communicator {
         // float16/bfloat16 are divided before the sum, as NCCL's average does, so that it cannot overflow.
         const bool divide_first = op == ReduceOp::Average && (type == at::kHalf || type == at::kBFloat16);
         const MPI_Op reduction = mpi_op(divide_first ? ReduceOp::Sum : op, type, sixteen_bit_);
-        for_each_segment(host, /*as_bytes=*/false, [&](char* data, int n) {
+        // The choice depends on the buffer's size alone, never on where the ranks are, so that the sums' order
+        // (and so their bits) is the same on any layout of nodes.
+        const bool tree = tree_ != MPI_COMM_NULL && int64_t(host.nbytes()) >= options_.tree_from_bytes;
+        MPI_Comm comm = tree ? tree_ : world_;
+        const int64_t segment = tree ? options_.tree_segment_bytes : options_.segment_bytes;
+        for_each_segment(host, /*as_bytes=*/false, segment, [&](char* data, int n) {
           if (divide_first) divide(data, n, type, size_);
-          check(MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type(type), reduction, world_), "MPI_Allreduce");
+          check(MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type(type), reduction, comm), "MPI_Allreduce");
           if (op == ReduceOp::Average && !divide_first) divide(data, n, type, size_);
         });
       });
@@ -723,6 +739,7 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm_free(&self->control_);
     MPI_Comm_free(&self->calls_);
     MPI_Comm_free(&self->world_);
+    if (self->tree_ != MPI_COMM_NULL) MPI_Comm_free(&self->tree_);
     return MPI_SUCCESS;
   }
 
@@ -893,6 +910,8 @@ class MpiCommunicator final : public Communicator {
   int finalize_key_ = MPI_KEYVAL_INVALID;
   int thread_level_ = MPI_THREAD_SINGLE;
   MPI_Comm world_ = MPI_COMM_NULL;    // the collectives
+  MPI_Comm tree_ = MPI_COMM_NULL;     // large all-reduces: Rabenseifner's algorithm (comm/open_mpi_settings.h)
+  std::string tree_missing_;          // why tree_ is absent
   MPI_Comm control_ = MPI_COMM_NULL;  // the watchdog's status queries
   MPI_Comm calls_ = MPI_COMM_NULL;    // rendezvous() of library calls
   MPI_Comm node_ = MPI_COMM_NULL;

@@ -15,11 +15,15 @@
 # model and impl:
 #   {"impl": "ddprun"|"per-param"|"pytorch-ddp"|"compute-limit"|"compute-concurrent", "model": m, "ranks": 2, "images_per_sec": x, "test_acc1": a}
 #   scripts/bench/train_throughput.sh [--repeats R] [--epochs E] [--models "mnist_cnn mlp"] [--quick]
+#                                     [--hosts node1:2,node2:2 [--link-rate 1gbit]]
 # --quick: 1 repeat, 2 epochs, a few hundred samples (the ctest smoke run). Builds what it needs into ./build (or
 # $BUILD_DIR).
+# --hosts: on simulated nodes (scripts/cluster/cluster.sh, as root; links shaped to --link-rate): ddprun, per-param
+# and PyTorch DDP (gloo, one process per rank started by the same mpirun) on those ranks, without the compute rows
+# (the nodes share this machine's cores) and without targets; the ratios are printed per repeat as well.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-repeats=3 epochs=3 models="mnist_cnn mlp" test_limit=2000
+repeats=3 epochs=3 models="mnist_cnn mlp" test_limit=2000 hosts="" link_rate=1gbit
 declare -A samples=([mnist_cnn]=12000 [mlp]=4000)
 while [ $# -gt 0 ]; do
   case $1 in
@@ -27,7 +31,9 @@ while [ $# -gt 0 ]; do
     --epochs) epochs=$2; shift 2 ;;
     --models) models=$2; shift 2 ;;
     --quick) repeats=1 epochs=2 test_limit=256; samples=([mnist_cnn]=512 [mlp]=256); shift ;;
-    *) echo "train_throughput.sh: unknown argument $1 (use --repeats R, --epochs E, --models LIST, --quick)" >&2; exit 2 ;;
+    --hosts) hosts=$2; shift 2 ;;
+    --link-rate) link_rate=$2; shift 2 ;;
+    *) echo "train_throughput.sh: unknown argument $1 (use --repeats R, --epochs E, --models LIST, --quick, --hosts H, --link-rate R)" >&2; exit 2 ;;
   esac
 done
 [ "$epochs" -ge 2 ] || { echo "train_throughput.sh: --epochs must be at least 2 (the first is not timed)" >&2; exit 2; }
@@ -39,14 +45,28 @@ build=${BUILD_DIR:-build}
 cmake --build "$build" --target ddptrain train_compute_bench > /dev/null
 cores=$(getconf _NPROCESSORS_ONLN)  # (nproc would answer OMP_NUM_THREADS)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+ranks=2 master=127.0.0.1
 mpirun=(mpirun -np 2 --bind-to none)
 [ "$cores" -ge 2 ] || mpirun+=(--oversubscribe)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+if [ -n "$hosts" ]; then
+  [[ $hosts =~ ^(node[1-4]:[0-9]+,)+node[1-4]:[0-9]+$ ]] ||
+    { echo "train_throughput.sh: --hosts '$hosts': give simulated nodes with slots, e.g. node1:2,node2:2" >&2; exit 2; }
+  nodes=$(tr ',' '\n' <<< "$hosts" | cut -d: -f1 | sort -u | wc -l)
+  ranks=$(tr ',' '\n' <<< "$hosts" | cut -d: -f2 | paste -sd+ | bc)
+  master=${hosts%%:*}
+  trap 'scripts/cluster/cluster.sh stop > /dev/null; rm -rf "$tmp"' EXIT
+  scripts/cluster/cluster.sh start --nodes "$nodes" --link-rate "$link_rate" > /dev/null
+  build=$(cd "$build" && pwd)
+  # /tmp is the same folder on every simulated node (only /run/ddprun-cluster/local is per node).
+  mpirun=(scripts/cluster/cluster.sh exec "$master" mpirun -H "$hosts" -np "$ranks" --bind-to none
+    --mca plm_rsh_agent "$PWD/scripts/cluster/rsh-agent.sh" -x OMP_NUM_THREADS)
+fi
 median_after_first() { tail -n +2 | awk '{ print "x", $1 }' | awk -f scripts/bench/summarize.awk | cut -d' ' -f2; }
 
 echo "# machine: $cores cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
-echo "# 2 ranks x 1 thread, batch 64 per rank, $epochs epochs (median of epochs 1..), repeats $repeats"
+echo "# $ranks ranks x 1 thread${hosts:+ on $hosts (links $link_rate)}, batch 64 per rank, $epochs epochs (median of epochs 1..), repeats $repeats"
 port=29600
 for ((r = 1; r <= repeats; r++)); do
   for model in $models; do
@@ -63,21 +83,29 @@ for ((r = 1; r <= repeats; r++)); do
       echo "$model $impl $r $ips $acc" >> "$tmp/results"
     done
     port=$((port + 1))
-    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=$((1 << 30)) \
-      "$python" scripts/reference/pytorch_ddp_mnist.py --ranks 2 --threads 1 --port "$port" "${common[@]}" > "$tmp/py"
+    if [ -n "$hosts" ]; then
+      MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=$((1 << 30)) "${mpirun[@]}" -x MALLOC_MMAP_MAX_ -x MALLOC_TRIM_THRESHOLD_ \
+        "$python" "$PWD/scripts/reference/pytorch_ddp_mnist.py" --from-mpirun --master-addr "$master" --threads 1 \
+        --port "$port" "${common[@]}" > "$tmp/py"
+    else
+      MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=$((1 << 30)) \
+        "$python" scripts/reference/pytorch_ddp_mnist.py --ranks 2 --threads 1 --port "$port" "${common[@]}" > "$tmp/py"
+    fi
     ips=$(sed -n 's/^pytorch_ddp epoch [0-9]*: .*images\/s \([0-9.]*\)$/\1/p' "$tmp/py" | median_after_first)
     acc=$(sed -n 's/.*"test_acc1": \([0-9.]*\).*/\1/p' "$tmp/py")
     echo "$model pytorch-ddp $r $ips $acc" >> "$tmp/results"
-    compute=("$build/bin/train_compute_bench" --model "$model" -b 64 --samples "$n" --epochs "$epochs" --ranks 2 --threads 1)
-    one=$("${compute[@]}" | sed -n 's/^RESULT .* images_per_sec //p')
-    echo "$model compute-limit $r $(awk -v x="$one" 'BEGIN { print 2 * x }') null" >> "$tmp/results"
-    # Not a target, but what the limit is when two processes share the machine's caches and memory bandwidth.
-    "${compute[@]}" > "$tmp/c1" & "${compute[@]}" > "$tmp/c2"; wait
-    both=$(sed -n 's/^RESULT .* images_per_sec //p' "$tmp/c1" "$tmp/c2" | awk '{ s += $1 } END { print s }')
-    echo "$model compute-concurrent $r $both null" >> "$tmp/results"
+    if [ -z "$hosts" ]; then
+      compute=("$build/bin/train_compute_bench" --model "$model" -b 64 --samples "$n" --epochs "$epochs" --ranks 2 --threads 1)
+      one=$("${compute[@]}" | sed -n 's/^RESULT .* images_per_sec //p')
+      echo "$model compute-limit $r $(awk -v x="$one" 'BEGIN { print 2 * x }') null" >> "$tmp/results"
+      # Not a target, but what the limit is when two processes share the machine's caches and memory bandwidth.
+      "${compute[@]}" > "$tmp/c1" & "${compute[@]}" > "$tmp/c2"; wait
+      both=$(sed -n 's/^RESULT .* images_per_sec //p' "$tmp/c1" "$tmp/c2" | awk '{ s += $1 } END { print s }')
+      echo "$model compute-concurrent $r $both null" >> "$tmp/results"
+    fi
     awk 'NF != 5 { exit 1 }' "$tmp/results" ||
       { echo "train_throughput.sh: a run of $model printed no result: $(awk 'NF != 5' "$tmp/results")" >&2; exit 1; }
-    grep "^$model .* $r [^ ]* [^ ]*$" "$tmp/results" | tail -n 5 |
+    grep "^$model .* $r [^ ]* [^ ]*$" "$tmp/results" | tail -n "$([ -n "$hosts" ] && echo 3 || echo 5)" |
       awk '{ printf "run %d  %-9s %-13s images/s %8.1f  test_acc1 %s\n", $3, $1, $2, $4, $5 }'
   done
 done
@@ -90,7 +118,7 @@ for model in $models; do
   while read -r impl ips lo hi runs; do
     acc=$(awk -v m="$model" -v i="$impl" '$1 == m && $2 == i { print $5 }' "$tmp/results" | tail -n 1)
     printf '%-9s %-13s images/s median %8.1f (range %.1f-%.1f, %d runs)  test_acc1 %s\n' "$model" "$impl" "$ips" "$lo" "$hi" "$runs" "$acc"
-    json+=$(printf '{"impl": "%s", "model": "%s", "ranks": 2, "images_per_sec": %.1f, "test_acc1": %s}\\n' "$impl" "$model" "$ips" "$acc")
+    json+=$(printf '{"impl": "%s", "model": "%s", "ranks": %d, "hosts": "%s", "images_per_sec": %.1f, "test_acc1": %s}\\n' "$impl" "$model" "$ranks" "$hosts" "$ips" "$acc")
   done < "$tmp/stats"
   for base in compute-limit compute-concurrent pytorch-ddp per-param; do
     case "$model/$base" in
@@ -100,12 +128,17 @@ for model in $models; do
       mlp/per-param) target=1.30 ;;
       *) target="" ;;
     esac
-    awk -v m="$model" -v b="$base" '$1 == m && $2 == "ddprun" { d[$3] = $4 } $1 == m && $2 == b { print "ratio", d[$3] / $4 }' \
-      "$tmp/results" | awk -f scripts/bench/summarize.awk | {
+    [ -n "$hosts" ] && target=""
+    # Paired by repeat: the first pass collects ddprun's figure of each repeat, whichever ran first in it.
+    awk -v m="$model" -v b="$base" 'NR == FNR { if ($1 == m && $2 == "ddprun") d[$3] = $4; next }
+      $1 == m && $2 == b && ($3 in d) { printf "%.3f\n", d[$3] / $4 }' "$tmp/results" "$tmp/results" > "$tmp/ratios"
+    [ -s "$tmp/ratios" ] || continue
+    awk '{ print "ratio", $1 }' "$tmp/ratios" | awk -f scripts/bench/summarize.awk | {
       read -r _ ratio lo hi _
       verdict="(no target)"
       [ -n "$target" ] && verdict=$(awk -v x="$ratio" -v t="$target" 'BEGIN { print (x >= t ? "meets" : "MISSES") " the target >= " t }')
-      printf '%-9s ddprun / %-13s median %.2f (range %.2f-%.2f)  %s\n' "$model" "$base" "$ratio" "$lo" "$hi" "$verdict"
+      printf '%-9s ddprun / %-13s median %.2f (range %.2f-%.2f; per repeat %s)  %s\n' "$model" "$base" "$ratio" "$lo" \
+        "$hi" "$(paste -sd' ' "$tmp/ratios")" "$verdict"
     }
   done
 done

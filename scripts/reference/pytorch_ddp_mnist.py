@@ -6,11 +6,17 @@ final JSON line: {"impl": "pytorch_ddp", "epochs": E, "test_acc1": ..., "images_
 
   /usr/bin/python3 scripts/reference/pytorch_ddp_mnist.py --ranks 2 --epochs 2 -b 64 --lr 0.05 \
       --train-limit 12000 --test-limit 2000
+
+Across nodes, one process per rank started by mpirun (rank and world size from Open MPI's environment, gloo's
+rendezvous on --master-addr), as torchrun would place them:
+  mpirun -H node1:2,node2:2 -np 4 /usr/bin/python3 scripts/reference/pytorch_ddp_mnist.py --from-mpirun \
+      --master-addr node1 ...
 """
 import argparse
 import gzip
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -79,7 +85,7 @@ def load(folder, split, limit):
 
 
 def worker(rank, args):
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_ADDR", args.master_addr)
     os.environ.setdefault("MASTER_PORT", str(args.port))
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo", rank=rank, world_size=args.ranks)
@@ -139,8 +145,18 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--port", type=int, default=29533)
+    p.add_argument("--master-addr", default="127.0.0.1", help="the host of rank 0 (gloo's rendezvous)")
+    p.add_argument("--from-mpirun", action="store_true",
+                   help="this process is one rank started by mpirun (OMPI_COMM_WORLD_RANK/SIZE); --ranks is ignored")
     args = p.parse_args()
-    mp.spawn(worker, args=(args,), nprocs=args.ranks)
+    if args.from_mpirun:
+        try:
+            rank, args.ranks = int(os.environ["OMPI_COMM_WORLD_RANK"]), int(os.environ["OMPI_COMM_WORLD_SIZE"])
+        except (KeyError, ValueError):
+            sys.exit("pytorch_ddp_mnist.py: --from-mpirun, but OMPI_COMM_WORLD_RANK/SIZE are not set: start it with mpirun")
+        worker(rank, args)
+    else:
+        mp.spawn(worker, args=(args,), nprocs=args.ranks)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@
 
 #include <cstdlib>
 #include <memory>
+#include <string>
 #include <thread>
+#include <vector>
 
 using ddprun::comm::CommError;
 using ddprun::comm::CommOptions;
@@ -111,6 +113,40 @@ TEST(Communicator, SegmentedAndPackedBuffersGiveTheSameResults) {
   for (int i = 0; i < 50; ++i) {
     SCOPED_TRACE(i);
     EXPECT_TRUE(small[i].to(at::kDouble).allclose(at::full(small[i].sizes(), i * mean_factor, at::kDouble), 1e-2, 0));
+  }
+}
+
+// Large buffers go through Open MPI's Rabenseifner all-reduce: each element is summed in a balanced tree over the
+// ranks in rank order (pairs first when the count is not a power of two), so a job gets the same bits whatever its
+// ranks' nodes (cluster_train_nodes checks 2 nodes x 2 ranks against 1 x 4). The values make the order visible.
+TEST(Communicator, LargeSumsAddUpInABalancedTreeOverTheRanksWhateverTheNodes) {
+  const int n = comm().size(), r = comm().rank();
+  ASSERT_NE(comm().backend_name().find("Rabenseifner"), std::string::npos) << comm().backend_name();
+  const int64_t count = CommOptions{}.tree_segment_bytes / 4 * 2 + 1000;  // two whole segments and a short one
+  auto contribution = [count](int rank) {
+    at::Tensor i = at::arange(count, at::kDouble);
+    return ((i.remainder(5) - 2) * 3.0e7 + (rank + 1) * 0.37 + i * 1e-3 * (rank % 2 ? 1 : -1)).to(at::kFloat);
+  };
+  at::Tensor mine = contribution(r);
+  comm().allreduce({mine}, ReduceOp::Sum)->wait();
+
+  // By hand: the first 2 * extra ranks pair up, then a balanced tree over the power-of-two count left.
+  int pow2 = 1;
+  while (pow2 * 2 <= n) pow2 *= 2;
+  const int extra = n - pow2;
+  std::vector<at::Tensor> level;
+  for (int i = 0; i < pow2; ++i)
+    level.push_back(i < extra ? contribution(2 * i) + contribution(2 * i + 1) : contribution(i + extra));
+  while (level.size() > 1) {
+    std::vector<at::Tensor> next;
+    for (size_t i = 0; i < level.size(); i += 2) next.push_back(level[i] + level[i + 1]);
+    level = next;
+  }
+  EXPECT_TRUE(mine.equal(level[0])) << "max difference " << (mine - level[0]).abs().max().item<float>();
+  if (n >= 3) {  // the values are such that another order gives other bits, or this test could not fail
+    at::Tensor backwards = contribution(n - 1);
+    for (int k = n - 2; k >= 0; --k) backwards = backwards + contribution(k);
+    EXPECT_FALSE(backwards.equal(level[0]));
   }
 }
 
@@ -265,7 +301,11 @@ TEST(CommOptions, ReadFromTheEnvironment) {
   setenv("DDPRUN_COMM_TIMEOUT", "2.5", 1);
   setenv("DDPRUN_COMM_CHECK", "1", 1);
   setenv("DDPRUN_COMM_SEGMENT_BYTES", "65536", 1);
+  setenv("DDPRUN_COMM_TREE_FROM_BYTES", "0", 1);
+  setenv("DDPRUN_COMM_TREE_SEGMENT_BYTES", "2097152", 1);
   const CommOptions options = ddprun::comm::comm_options_from_env();
+  EXPECT_EQ(options.tree_from_bytes, 0);
+  EXPECT_EQ(options.tree_segment_bytes, 2097152);
   EXPECT_EQ(options.timeout.count(), 2500);
   EXPECT_TRUE(options.check_shapes);
   EXPECT_EQ(options.segment_bytes, 65536);
@@ -280,6 +320,8 @@ TEST(CommOptions, ReadFromTheEnvironment) {
   unsetenv("DDPRUN_COMM_TIMEOUT");
   unsetenv("DDPRUN_COMM_CHECK");
   unsetenv("DDPRUN_COMM_SEGMENT_BYTES");
+  unsetenv("DDPRUN_COMM_TREE_FROM_BYTES");
+  unsetenv("DDPRUN_COMM_TREE_SEGMENT_BYTES");
 }
 
 TEST(Factory, PicksMpiForCpuRanksAndParsesBackendNames) {
