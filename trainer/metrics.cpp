@@ -22,7 +22,7 @@ std::string number(double value, const char* format) {
 
 std::string to_json(const EpochMetrics& m) {
   return "{\"epoch\": " + std::to_string(m.epoch) + ", \"train_loss\": " + number(m.train_loss, "%.6f") +
-         ", \"test_acc1\": " + number(m.test_acc1, "%.4f") +
+         ", \"test_acc1\": " + number(m.test_acc1, "%.4f") + ", \"test_acc5\": " + number(m.test_acc5, "%.4f") +
          ", \"images_per_sec\": " + number(m.images_per_sec, "%.2f") + ", \"lr\": " + number(m.lr, "%.10g") +
          ", \"epoch_seconds\": " + number(m.epoch_seconds, "%.3f") +
          ", \"checkpoint_stall_s\": " + number(m.checkpoint_stall_seconds, "%.4f") +
@@ -31,10 +31,11 @@ std::string to_json(const EpochMetrics& m) {
 
 std::string to_text(const EpochMetrics& m, int64_t epochs) {
   char line[512];
-  std::snprintf(line, sizeof line,
-                "epoch %lld/%lld  train_loss %.4f  test_acc1 %.2f%%  images/s %.1f  lr %.6g  (%.1f s)",
-                static_cast<long long>(m.epoch), static_cast<long long>(epochs - 1), m.train_loss, m.test_acc1,
-                m.images_per_sec, m.lr, m.epoch_seconds);
+  std::snprintf(
+      line, sizeof line,
+      "epoch %lld/%lld  train_loss %.4f  test_acc1 %.2f%%  test_acc5 %.2f%%  images/s %.1f  lr %.6g  (%.1f s)",
+      static_cast<long long>(m.epoch), static_cast<long long>(epochs - 1), m.train_loss, m.test_acc1, m.test_acc5,
+      m.images_per_sec, m.lr, m.epoch_seconds);
   return line;
 }
 

@@ -12,6 +12,7 @@ struct EpochMetrics {
   int64_t epoch = 0;
   double train_loss = 0;
   double test_acc1 = 0;  // percent
+  double test_acc5 = 0;  // percent: the label among the 5 highest scores
   double images_per_sec = 0;
   double lr = 0;  // the learning rate the epoch trained with
   double epoch_seconds = 0;

@@ -3,8 +3,10 @@
 #include "trainer/models.h"
 
 #include <ATen/ops/adaptive_avg_pool2d.h>
+#include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/max_pool2d.h>
+#include <ATen/ops/nll_loss.h>
 #include <ATen/ops/relu.h>
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -143,6 +145,17 @@ std::shared_ptr<Model> make_model(const std::string& name, int64_t channels, int
     return std::make_shared<MnistCnn>();
   }
   throw std::invalid_argument("unknown model '" + name + "'");
+}
+
+at::Tensor classification_loss(const at::Tensor& log_probs, const at::Tensor& labels, double label_smoothing) {
+  if (label_smoothing == 0) return at::nll_loss(log_probs, labels);
+  return at::cross_entropy_loss(log_probs, labels, /*weight=*/{}, at::Reduction::Mean, /*ignore_index=*/-100,
+                                label_smoothing);
+}
+
+int64_t count_top_k(const at::Tensor& log_probs, const at::Tensor& labels, int64_t k) {
+  const at::Tensor top = std::get<1>(log_probs.topk(std::min<int64_t>(k, log_probs.size(1)), /*dim=*/1));
+  return top.eq(labels.view({-1, 1})).any(1).sum().item<int64_t>();
 }
 
 }  // namespace ddprun::trainer

@@ -25,4 +25,12 @@ class Model : public torch::nn::Module {
 //   buffers included.
 std::shared_ptr<Model> make_model(const std::string& name, int64_t channels = 1, int64_t classes = 10);
 
+// The training loss on a model's log-probabilities: nll_loss, or with `label_smoothing` > 0 what torchvision's
+// nn.CrossEntropyLoss(label_smoothing=...) gives on the logits: (1 - e) * nll + e * the mean over classes of
+// -log p (log_softmax of log-probabilities is the identity, up to rounding). Mean over the batch.
+at::Tensor classification_loss(const at::Tensor& log_probs, const at::Tensor& labels, double label_smoothing);
+
+// How many rows of `log_probs` have their label among their k highest scores (k capped at the number of classes).
+int64_t count_top_k(const at::Tensor& log_probs, const at::Tensor& labels, int64_t k);
+
 }  // namespace ddprun::trainer

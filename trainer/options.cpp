@@ -62,6 +62,10 @@ po::options_description describe(TrainOptions& o) {
      "the warm-up's starting factor of the learning rate")
     ("output-dir", po::value(&o.output_dir)->default_value(o.output_dir),
      "where rank 0 writes checkpoint.pth, model_<epoch>.pth and metrics.jsonl")
+    ("label-smoothing", po::value(&o.label_smoothing)->default_value(o.label_smoothing, "0"),
+     "label smoothing of the loss, from 0 to below 1, as torchvision's CrossEntropyLoss(label_smoothing=...)")
+    ("test-only", po::bool_switch(&o.test_only)->default_value(false),
+     "evaluate the --resume checkpoint on the test split (test_acc1, test_acc5), print it and exit")
     ("resume", po::value(&o.resume),
      "a checkpoint to continue from (every rank loads it onto its own device), or auto: the newest one in --output-dir "
      "that loads (checkpoint.pth, then model_<epoch>.pth from the highest epoch down), or start afresh if none is there")
@@ -199,6 +203,7 @@ ParseResult parse_options(int argc, const char* const argv[]) {
                                     {"lr-gamma", o.lr_gamma},
                                     {"lr-min", o.lr_min},
                                     {"lr-warmup-decay", o.lr_warmup_decay},
+                                    {"label-smoothing", o.label_smoothing},
                                     {"comm-timeout", o.comm_timeout},
                                     {"bucket-cap-mb", o.bucket_cap_mb}}) {
     require(std::isfinite(value), flag, value, "must be a finite number");
@@ -222,6 +227,11 @@ ParseResult parse_options(int argc, const char* const argv[]) {
   require(o.lr_min >= 0 && o.lr_min <= kMaxLearningRate, "lr-min", o.lr_min, "must be from 0 to 1000");
   require(o.lr_warmup_epochs >= 0, "lr-warmup-epochs", o.lr_warmup_epochs, "must not be negative");
   require(o.lr_warmup_decay > 0 && o.lr_warmup_decay <= 1, "lr-warmup-decay", o.lr_warmup_decay, "must be in (0, 1]");
+  require(o.label_smoothing >= 0 && o.label_smoothing < 1, "label-smoothing", o.label_smoothing, "must be in [0, 1)");
+  if (o.test_only && o.resume.empty())
+    throw UsageError(
+        "--test-only evaluates a checkpoint: give it with --resume PATH (or --resume auto); without "
+        "one it would score an untrained model");
   if (o.lr_scheduler == "cosineannealinglr" && o.lr_warmup_epochs >= o.epochs)
     throw UsageError("--lr-warmup-epochs " + std::to_string(o.lr_warmup_epochs) + " leaves no epoch of --epochs " +
                      std::to_string(o.epochs) + " for cosineannealinglr; warm up for fewer epochs");

@@ -28,6 +28,8 @@ struct TrainOptions {
   int lr_warmup_epochs = 0;
   std::string lr_warmup_method = "constant";  // linear or constant, as torchvision's default
   double lr_warmup_decay = 0.01;
+  double label_smoothing = 0;  // torchvision's --label-smoothing: CrossEntropyLoss(label_smoothing=...)
+  bool test_only = false;      // evaluate the --resume checkpoint and exit
   std::string output_dir = ".";
   std::string resume;                  // a checkpoint path, "auto" (the newest loadable one in output_dir), or empty
   int keep_last = 0;                   // per-epoch files model_<epoch>.pth kept (the newest ones); 0: all

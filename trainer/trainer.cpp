@@ -21,7 +21,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/arange.h>
-#include <ATen/ops/nll_loss.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/optim/adamw.h>
@@ -41,6 +40,8 @@
 #include <limits>
 #include <optional>
 #include <sstream>
+#include <tuple>
+#include <utility>
 
 namespace ddprun::trainer {
 namespace {
@@ -100,6 +101,7 @@ void add_args(TrainingState& state, const TrainOptions& o) {
   state.arg("lr_step_size", int64_t{o.lr_step_size}).arg("lr_gamma", o.lr_gamma).arg("lr_min", o.lr_min);
   state.arg("lr_warmup_epochs", int64_t{o.lr_warmup_epochs}).arg("lr_warmup_method", o.lr_warmup_method);
   state.arg("lr_warmup_decay", o.lr_warmup_decay).arg("output_dir", o.output_dir).arg("resume", o.resume);
+  state.arg("label_smoothing", o.label_smoothing).arg("test_only", o.test_only);
   state.arg("keep_last", int64_t{o.keep_last}).arg("save_every_steps", int64_t{o.save_every_steps});
   state.arg("async_save", o.async_save).arg("on_save_error", o.on_save_error).arg("nan_policy", o.nan_policy);
   state.arg("preempt_signals", o.preempt_signals).arg("start_epoch", int64_t{o.start_epoch}).arg("seed", o.seed);
@@ -128,6 +130,22 @@ class Run {
 
   int execute() {
     set_up();
+    if (o_.test_only) {  // torchvision's --test-only: score the checkpoint's model and train nothing
+      if (!resumed_)
+        throw UsageError(
+            "--test-only: --resume " + o_.resume + " found no checkpoint in '" + o_.output_dir + "' to evaluate",
+            /*failed_rank=*/0);  // the ranks agreed on the resume: every rank throws this
+      epoch_of_evaluation_ = start_epoch_;
+      const auto [acc1, acc5] = evaluate();
+      if (rank0_)
+        std::printf(
+            "ddptrain: --test-only: %s: test_acc1 %.2f%%  test_acc5 %.2f%%\n",
+            (resume_step_ > 0 ? "epoch " + std::to_string(start_epoch_) + " at step " + std::to_string(resume_step_)
+                              : "the end of epoch " + std::to_string(start_epoch_ - 1))
+                .c_str(),
+            acc1, acc5);
+      return kExitSuccess;
+    }
     if (start_epoch_ >= o_.epochs) {
       if (rank0_)
         std::printf("ddptrain: nothing to train: the run is at epoch %d and --epochs is %d\n", start_epoch_, o_.epochs);
@@ -144,7 +162,7 @@ class Run {
       if (stopped_mid_epoch_) break;  // --stop-after-steps or a preemption: its checkpoint is written
       scheduler_->step();
       epoch_of_evaluation_ = epoch;
-      m.test_acc1 = evaluate();
+      std::tie(m.test_acc1, m.test_acc5) = evaluate();
       m.epoch_seconds = seconds_since(start);
       if (rank0_) {
         std::printf("%s\n", to_text(m, o_.epochs).c_str());
@@ -350,7 +368,8 @@ class Run {
       const bool steps_now = step - window_start == window - 1;
       if (step == window_start) optimizer_->zero_grad();
       const auto forward_start = Clock::now();
-      at::Tensor loss = at::nll_loss(ddp_ ? ddp_->forward(images) : model_->forward(images), labels);
+      at::Tensor loss =
+          classification_loss(ddp_ ? ddp_->forward(images) : model_->forward(images), labels, o_.label_smoothing);
       const auto backward_start = Clock::now();
       {
         std::optional<DistributedDataParallelBase::NoSync> no_sync;
@@ -447,25 +466,29 @@ class Run {
     for (at::Tensor& p : params_) p.mutable_grad().div_(static_cast<double>(group_.world_size()));
   }
 
-  // Top-1 accuracy in percent over the whole test split, each rank scoring every world_size-th sample (no padding,
-  // so each sample counts once).
-  double evaluate() {
+  // Top-1 and top-5 accuracy in percent over the whole test split, each rank scoring every world_size-th sample (no
+  // padding, so each sample counts once).
+  std::pair<double, double> evaluate() {
     model_->eval();
     at::NoGradGuard no_grad;
     const at::Tensor mine = at::arange(group_.rank(), test_data_.size(), group_.world_size(), at::kLong);
-    int64_t correct = 0;
+    int64_t top1 = 0, top5 = 0;
     for (int64_t begin = 0; begin < mine.size(0); begin += o_.batch_size) {
       const at::Tensor indices = mine.narrow(0, begin, std::min<int64_t>(o_.batch_size, mine.size(0) - begin));
       auto [images, labels] = make_batch(test_data_, indices);
-      const at::Tensor predicted = model_->forward(images.to(device_)).argmax(1);
-      correct += predicted.eq(labels.to(device_)).sum().item<int64_t>();
+      const at::Tensor log_probs = model_->forward(images.to(device_));
+      top1 += count_top_k(log_probs, labels.to(device_), 1);
+      top5 += count_top_k(log_probs, labels.to(device_), 5);
       faults_.during_evaluation(epoch_of_evaluation_);
     }
-    at::Tensor counts = at::zeros({2}, at::kLong);
-    counts[0] = correct;
-    counts[1] = mine.size(0);
+    at::Tensor counts = at::zeros({3}, at::kLong);
+    counts[0] = top1;
+    counts[1] = top5;
+    counts[2] = mine.size(0);
     group_.all_reduce(counts, ReduceOp::Sum);
-    return 100.0 * static_cast<double>(counts[0].item<int64_t>()) / static_cast<double>(counts[1].item<int64_t>());
+    const double total = static_cast<double>(counts[2].item<int64_t>());
+    return {100.0 * static_cast<double>(counts[0].item<int64_t>()) / total,
+            100.0 * static_cast<double>(counts[1].item<int64_t>()) / total};
   }
 
   // The checkpoint of `step` batches into `epoch` (0: the end of epoch - 1), then, at an epoch's end, the epoch's

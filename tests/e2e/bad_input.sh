@@ -43,6 +43,10 @@ case "$case_name" in
                   expect="--config '/dev/zero' is not a regular file (a device, pipe or socket); give the path of a file" ;;
   config_folder)  args=(--config "$work"); code=2; expect="--config '$work' is a folder; give the path of a file" ;;
   lr_inf)         args=(--lr inf); code=2; expect="--lr inf is out of range: must be a finite number" ;;
+  label_smoothing_one) args=(--label-smoothing 1); code=2
+                  expect="--label-smoothing 1 is out of range: must be in [0, 1)" ;;
+  test_only_without_resume) args=(--test-only); code=2
+                  expect="--test-only evaluates a checkpoint: give it with --resume PATH (or --resume auto); without one it would score an untrained model" ;;
   lr_huge)        args=(--lr 1e308); code=2; expect="--lr 1e+308 is out of range: must be positive and at most 1000" ;;
   lr_min_inf)     args=(--lr-min inf --lr-scheduler cosineannealinglr); code=2
                   expect="--lr-min inf is out of range: must be a finite number" ;;

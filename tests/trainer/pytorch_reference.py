@@ -11,6 +11,9 @@
   resnet18_export DIR          -> writes DIR/torchvision_resnet18.pth (torchvision's resnet18, 10 classes, BatchNorm
                                   statistics from one training batch) and prints its eval log_softmax of a fixed input
   resnet18_import PATH REF     -> 1 if PATH loads into torchvision's resnet18 strictly and equals REF, key order too
+  loss LS                      -> torchvision's criterion nn.CrossEntropyLoss(label_smoothing=LS) on fixed logits
+                                  [64, 10] (sin(0.37 i) * 3) and labels (i % 10): the loss, then the gradient of the
+                                  logits; then utils.accuracy's top-1 and top-5 counts
 """
 import sys
 
@@ -114,6 +117,16 @@ def main(argv):
         same = list(ours.keys()) == list(reference.keys()) and all(
             torch.equal(ours[k], reference[k]) for k in reference)
         print("1" if same else "0")
+    elif mode == "loss":
+        logits = (torch.sin(torch.arange(640, dtype=torch.float32) * 0.37) * 3).view(64, 10).requires_grad_()
+        labels = torch.arange(64) % 10
+        loss = torch.nn.CrossEntropyLoss(label_smoothing=float(argv[2]))(logits, labels)
+        loss.backward()
+        print(repr(loss.item()))
+        print_numbers(logits.grad.flatten().tolist())
+        _, pred = logits.detach().topk(5, 1, True, True)  # torchvision's references/classification/utils.accuracy
+        correct = pred.t().eq(labels[None])
+        print(correct[:1].flatten().sum().item(), correct[:5].flatten().sum().item())
     else:
         sys.exit(f"unknown mode {mode}")
 

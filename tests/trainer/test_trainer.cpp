@@ -7,6 +7,10 @@
 #include "trainer/models.h"
 #include "trainer/options.h"
 
+#include <ATen/ops/arange.h>
+#include <ATen/ops/log_softmax.h>
+#include <ATen/ops/sin.h>
+#include <ATen/ops/tensor.h>
 #include <gtest/gtest.h>
 #include <torch/optim/sgd.h>
 #include <torch/utils.h>
@@ -109,6 +113,10 @@ TEST(Options, BadInputNamesTheFlag) {
   EXPECT_NE(usage_error({"--config", "/nonexistent/x.ini"}).find("--config '/nonexistent/x.ini' cannot be opened"),
             std::string::npos);
   EXPECT_NE(usage_error({"--wd", "0.1", "--weight-decay", "0.2"}).find("same flag"), std::string::npos);
+  EXPECT_NE(usage_error({"--label-smoothing", "-0.1"}).find("--label-smoothing -0.1 is out of range"),
+            std::string::npos);
+  EXPECT_NE(usage_error({"--label-smoothing", "nan"}).find("must be a finite number"), std::string::npos);
+  EXPECT_NE(usage_error({"--test-only"}).find("give it with --resume"), std::string::npos);
 }
 
 TEST(IdxDataset, ReadsPlainAndGzippedFiles) {
@@ -218,6 +226,27 @@ TEST(Models, Resnet18TakesTorchvisionsWeightsAndGivesThemBack) {
   EXPECT_EQ(count, 11175370);  // torchvision's resnet18(num_classes=10) with a 1-channel conv1
   EXPECT_EQ(gray->forward(torch::zeros({2, 1, 28, 28})).sizes(), at::IntArrayRef({2, 10}));
   fs::remove_all(dir);
+}
+
+// --label-smoothing and test_acc5 against torchvision's train.py: its criterion on the logits against ours on the
+// models' log-probabilities (loss and gradient of the logits), and its utils.accuracy's top-1 and top-5 counts.
+TEST(Loss, LabelSmoothingAndTopFiveAsTorchvision) {
+  for (const double smoothing : {0.0, 0.1, 0.5}) {
+    SCOPED_TRACE(smoothing);
+    const auto expected = python_reference("loss " + std::to_string(smoothing));
+    ASSERT_EQ(expected.size(), 3u) << "python reference failed";
+    at::Tensor logits = (at::sin(at::arange(640, at::kFloat) * 0.37) * 3).view({64, 10}).requires_grad_();
+    const at::Tensor labels = at::arange(64, at::kLong).remainder(10);
+    at::Tensor loss = ddprun::trainer::classification_loss(at::log_softmax(logits, 1), labels, smoothing);
+    loss.backward();
+    EXPECT_NEAR(loss.item<double>(), expected[0][0], 1e-6);
+    const at::Tensor grad = logits.grad().flatten().to(at::kDouble);
+    ASSERT_EQ(grad.numel(), static_cast<int64_t>(expected[1].size()));
+    const at::Tensor python_grad = at::tensor(expected[1], at::kDouble);
+    EXPECT_LT((grad - python_grad).abs().max().item<double>(), 1e-7);
+    EXPECT_EQ(ddprun::trainer::count_top_k(logits.detach(), labels, 1), static_cast<int64_t>(expected[2][0]));
+    EXPECT_EQ(ddprun::trainer::count_top_k(logits.detach(), labels, 5), static_cast<int64_t>(expected[2][1]));
+  }
 }
 
 TEST(ModuleState, LoadsStrictlyAndSaysWhatDoesNotMatch) {
