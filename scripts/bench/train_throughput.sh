@@ -14,6 +14,7 @@
 # the medians and ranges over repeats, the paired ratios (per repeat) with the targets, and one JSON line per
 # model and impl:
 #   {"impl": "ddprun"|"per-param"|"pytorch-ddp"|"compute-limit"|"compute-concurrent", "model": m, "ranks": 2, "images_per_sec": x, "test_acc1": a}
+#   (with --hosts: "ranks": N, "hosts": H before "images_per_sec")
 #   scripts/bench/train_throughput.sh [--repeats R] [--epochs E] [--models "mnist_cnn mlp"] [--quick]
 #                                     [--hosts node1:2,node2:2 [--link-rate 1gbit]]
 # --quick: 1 repeat, 2 epochs, a few hundred samples (the ctest smoke run). Builds what it needs into ./build (or
@@ -118,7 +119,8 @@ for model in $models; do
   while read -r impl ips lo hi runs; do
     acc=$(awk -v m="$model" -v i="$impl" '$1 == m && $2 == i { print $5 }' "$tmp/results" | tail -n 1)
     printf '%-9s %-13s images/s median %8.1f (range %.1f-%.1f, %d runs)  test_acc1 %s\n' "$model" "$impl" "$ips" "$lo" "$hi" "$runs" "$acc"
-    json+=$(printf '{"impl": "%s", "model": "%s", "ranks": %d, "hosts": "%s", "images_per_sec": %.1f, "test_acc1": %s}\\n' "$impl" "$model" "$ranks" "$hosts" "$ips" "$acc")
+    json+=$(printf '{"impl": "%s", "model": "%s", "ranks": %d, %s"images_per_sec": %.1f, "test_acc1": %s}\\n' "$impl" \
+      "$model" "$ranks" "${hosts:+\"hosts\": \"$hosts\", }" "$ips" "$acc")
   done < "$tmp/stats"
   for base in compute-limit compute-concurrent pytorch-ddp per-param; do
     case "$model/$base" in

@@ -14,5 +14,8 @@ for model in mnist_cnn mlp; do
   acc() { sed -n "s/^{\"impl\": \"$1\", \"model\": \"$model\", .*\"test_acc1\": \([0-9.]*\)}$/\1/p" "$work/out"; }
   [ "$(acc ddprun)" = "$(acc per-param)" ] || fail "$model: ddprun and per-param accuracies differ: $(acc ddprun) vs $(acc per-param)"
   grep -q "^$model  *ddprun / compute-limit median" "$work/out" || fail "no ratio to the compute limit for $model"
+  # Paired within the repeat whichever ran first (in repeat 1 ddprun runs first, in repeat 2 per-param).
+  grep -qE "^$model  *ddprun / per-param  *median [0-9.]+ \(range [0-9.]+-[0-9.]+; per repeat [0-9.]+\)" "$work/out" ||
+    fail "no per-repeat ratio to per-param for $model"
 done
 echo PASSED
