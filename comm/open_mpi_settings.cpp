@@ -31,7 +31,6 @@ class ControlVariable {
   ControlVariable& operator=(const ControlVariable&) = delete;
 
   bool found() const { return found_; }
-  bool writable() const { return writable_; }
   // The value as an int (MPI_INT, or MPI_C_BOOL / MPI_CHAR read into a byte); 0 when absent.
   int read_int() const {
     if (!found_) return 0;

@@ -153,9 +153,10 @@ at::Tensor classification_loss(const at::Tensor& log_probs, const at::Tensor& la
                                 label_smoothing);
 }
 
-int64_t count_top_k(const at::Tensor& log_probs, const at::Tensor& labels, int64_t k) {
-  const at::Tensor top = std::get<1>(log_probs.topk(std::min<int64_t>(k, log_probs.size(1)), /*dim=*/1));
-  return top.eq(labels.view({-1, 1})).any(1).sum().item<int64_t>();
+std::pair<int64_t, int64_t> count_top1_top5(const at::Tensor& log_probs, const at::Tensor& labels) {
+  const at::Tensor top = std::get<1>(log_probs.topk(std::min<int64_t>(5, log_probs.size(1)), /*dim=*/1));
+  const at::Tensor hit = top.eq(labels.view({-1, 1}));  // [rows, 5], at most one true per row
+  return {hit.select(1, 0).sum().item<int64_t>(), hit.any(1).sum().item<int64_t>()};
 }
 
 }  // namespace ddprun::trainer

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 
 namespace ddprun::trainer {
 
@@ -30,7 +31,8 @@ std::shared_ptr<Model> make_model(const std::string& name, int64_t channels = 1,
 // -log p (log_softmax of log-probabilities is the identity, up to rounding). Mean over the batch.
 at::Tensor classification_loss(const at::Tensor& log_probs, const at::Tensor& labels, double label_smoothing);
 
-// How many rows of `log_probs` have their label among their k highest scores (k capped at the number of classes).
-int64_t count_top_k(const at::Tensor& log_probs, const at::Tensor& labels, int64_t k);
+// How many rows of `log_probs` have their label as their highest score, and among their 5 highest (capped at the
+// number of classes): torchvision's acc1 and acc5 counts, from one topk.
+std::pair<int64_t, int64_t> count_top1_top5(const at::Tensor& log_probs, const at::Tensor& labels);
 
 }  // namespace ddprun::trainer

@@ -477,8 +477,9 @@ class Run {
       const at::Tensor indices = mine.narrow(0, begin, std::min<int64_t>(o_.batch_size, mine.size(0) - begin));
       auto [images, labels] = make_batch(test_data_, indices);
       const at::Tensor log_probs = model_->forward(images.to(device_));
-      top1 += count_top_k(log_probs, labels.to(device_), 1);
-      top5 += count_top_k(log_probs, labels.to(device_), 5);
+      const auto [hits1, hits5] = count_top1_top5(log_probs, labels.to(device_));
+      top1 += hits1;
+      top5 += hits5;
       faults_.during_evaluation(epoch_of_evaluation_);
     }
     at::Tensor counts = at::zeros({3}, at::kLong);
