@@ -296,6 +296,7 @@ struct Op {
     if (kind == Kind::Allreduce) text += std::string(" (") + to_string(reduce) + "; " + describe_tensors(tensors) + ")";
     if (kind == Kind::Broadcast) text += " (from rank " + std::to_string(root) + "; " + describe_tensors(tensors) + ")";
     if (kind == Kind::Allgather) text += " (" + describe_tensors(tensors) + " per rank)";
+    if (kind == Kind::AllgatherBytes) text += " (" + std::to_string(bytes.size()) + " bytes from this rank)";
     return text;
   }
 };
