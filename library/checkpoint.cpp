@@ -27,6 +27,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -149,6 +150,48 @@ TrainingState& TrainingState::number(const std::string& key, int64_t& value) {
 
 TrainingState& TrainingState::text(const std::string& key, std::string& value) {
   impl_->add(engine::text_entry(key, value), true);
+  return *this;
+}
+
+TrainingState& TrainingState::grad_scaler(GradScaler& scaler) {
+  impl_->add({"scaler",
+              [&scaler]() -> Value {
+                if (!scaler.is_enabled()) return Value::dict();  // Python's disabled scaler: {}
+                const GradScalerState s = scaler.state();
+                Value saved = Value::dict();
+                saved.set("scale", s.scale);
+                saved.set("growth_factor", s.growth_factor);
+                saved.set("backoff_factor", s.backoff_factor);
+                saved.set("growth_interval", s.growth_interval);
+                saved.set("_growth_tracker", s.growth_tracker);
+                return saved;
+              },
+              [&scaler](const Value& saved) -> std::function<void()> {
+                if (!saved.is_mapping())
+                  throw std::runtime_error(std::string("its 'scaler' entry is a ") + saved.kind_name() +
+                                           ", not GradScaler's state dict");
+                // A disabled scaler's {} (torchvision's --amp on a machine without CUDA): the scaler starts afresh.
+                if (saved.entries().empty() || !scaler.is_enabled()) return [] {};
+                auto number = [&saved](const char* key) {
+                  const Value* v = saved.find(key);
+                  if (v == nullptr) throw std::runtime_error(std::string("its 'scaler' entry has no '") + key + "'");
+                  return v->to_double_in(-1e300, 1e300, std::string("its 'scaler' entry's '") + key + "'");
+                };
+                auto integer = [&saved](const char* key) {
+                  const Value* v = saved.find(key);
+                  if (v == nullptr) throw std::runtime_error(std::string("its 'scaler' entry has no '") + key + "'");
+                  return v->to_int_in(0, INT32_MAX, std::string("its 'scaler' entry's '") + key + "'");
+                };
+                const GradScalerState s{number("scale"), number("growth_factor"), number("backoff_factor"),
+                                        integer("growth_interval"), integer("_growth_tracker")};
+                try {
+                  GradScaler(GradScalerOptions{}).load_state(s);  // checks every value, changes nothing
+                } catch (const UsageError& e) {
+                  throw std::runtime_error(std::string("its 'scaler' entry does not fit: ") + e.what());
+                }
+                return [&scaler, s] { scaler.load_state(s); };
+              }},
+             true);
   return *this;
 }
 

@@ -26,7 +26,14 @@ std::string to_json(const EpochMetrics& m) {
          ", \"images_per_sec\": " + number(m.images_per_sec, "%.2f") + ", \"lr\": " + number(m.lr, "%.10g") +
          ", \"epoch_seconds\": " + number(m.epoch_seconds, "%.3f") +
          ", \"checkpoint_stall_s\": " + number(m.checkpoint_stall_seconds, "%.4f") +
-         ", \"world_size\": " + std::to_string(m.world_size) + ", \"resumed\": " + (m.resumed ? "true" : "false") + "}";
+         ", \"world_size\": " + std::to_string(m.world_size) + ", \"resumed\": " + (m.resumed ? "true" : "false") +
+         (m.has_ema ? ", \"test_acc1_ema\": " + number(m.test_acc1_ema, "%.4f") +
+                          ", \"test_acc5_ema\": " + number(m.test_acc5_ema, "%.4f")
+                    : std::string()) +
+         (m.amp ? ", \"amp_scale\": " + number(m.amp_scale, "%.9g") +
+                      ", \"amp_skipped_steps\": " + std::to_string(m.amp_skipped_steps)
+                : std::string()) +
+         "}";
 }
 
 std::string to_text(const EpochMetrics& m, int64_t epochs) {
@@ -36,7 +43,17 @@ std::string to_text(const EpochMetrics& m, int64_t epochs) {
       "epoch %lld/%lld  train_loss %.4f  test_acc1 %.2f%%  test_acc5 %.2f%%  images/s %.1f  lr %.6g  (%.1f s)",
       static_cast<long long>(m.epoch), static_cast<long long>(epochs - 1), m.train_loss, m.test_acc1, m.test_acc5,
       m.images_per_sec, m.lr, m.epoch_seconds);
-  return line;
+  std::string text = line;
+  if (m.has_ema) {
+    std::snprintf(line, sizeof line, "  ema: test_acc1 %.2f%%  test_acc5 %.2f%%", m.test_acc1_ema, m.test_acc5_ema);
+    text += line;
+  }
+  if (m.amp) {
+    std::snprintf(line, sizeof line, "  amp scale %.6g (%lld skipped steps)", m.amp_scale,
+                  static_cast<long long>(m.amp_skipped_steps));
+    text += line;
+  }
+  return text;
 }
 
 void append_line(const std::string& path, const std::string& line) {

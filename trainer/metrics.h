@@ -19,6 +19,12 @@ struct EpochMetrics {
   double checkpoint_stall_seconds = 0;  // how long the epoch's checkpoints held training up (rank 0's view)
   int world_size = 1;
   bool resumed = false;  // the first epoch of a run that continued from a checkpoint (a restart, a requeue)
+  bool has_ema = false;  // --model-ema: the average's accuracy too
+  double test_acc1_ema = 0;
+  double test_acc5_ema = 0;
+  bool amp = false;  // --amp: the GradScaler's scale at the epoch's end and the steps it skipped (inf/NaN gradients)
+  double amp_scale = 0;
+  int64_t amp_skipped_steps = 0;
 };
 
 std::string to_json(const EpochMetrics& m);

@@ -64,6 +64,18 @@ po::options_description describe(TrainOptions& o) {
      "where rank 0 writes checkpoint.pth, model_<epoch>.pth and metrics.jsonl")
     ("label-smoothing", po::value(&o.label_smoothing)->default_value(o.label_smoothing, "0"),
      "label smoothing of the loss, from 0 to below 1, as torchvision's CrossEntropyLoss(label_smoothing=...)")
+    ("amp", po::bool_switch(&o.amp)->default_value(false),
+     "mixed precision: the forward pass under autocast (bfloat16 on CPU, float16 on CUDA) and a GradScaler (Python's "
+     "schedule; its state is the checkpoint's \"scaler\")")
+    ("clip-grad-norm", po::value(&o.clip_grad_norm)->default_value(o.clip_grad_norm, "0"),
+     "clip the averaged gradients' global 2-norm to this (after unscaling with --amp); 0: no clipping")
+    ("model-ema", po::bool_switch(&o.model_ema)->default_value(false),
+     "keep an exponential moving average of the weights (torchvision's ExponentialMovingAverage), evaluate it "
+     "(test_acc1_ema) and save it as the checkpoint's \"model_ema\"")
+    ("model-ema-steps", po::value(&o.model_ema_steps)->default_value(o.model_ema_steps),
+     "update the average every N steps")
+    ("model-ema-decay", po::value(&o.model_ema_decay)->default_value(o.model_ema_decay, "0.99998"),
+     "the average's decay per sample, adjusted as torchvision does for world size, batch size, N and --epochs")
     ("test-only", po::bool_switch(&o.test_only)->default_value(false),
      "evaluate the --resume checkpoint on the test split (test_acc1, test_acc5), print it and exit")
     ("resume", po::value(&o.resume),
@@ -204,6 +216,8 @@ ParseResult parse_options(int argc, const char* const argv[]) {
                                     {"lr-min", o.lr_min},
                                     {"lr-warmup-decay", o.lr_warmup_decay},
                                     {"label-smoothing", o.label_smoothing},
+                                    {"clip-grad-norm", o.clip_grad_norm},
+                                    {"model-ema-decay", o.model_ema_decay},
                                     {"comm-timeout", o.comm_timeout},
                                     {"bucket-cap-mb", o.bucket_cap_mb}}) {
     require(std::isfinite(value), flag, value, "must be a finite number");
@@ -228,6 +242,10 @@ ParseResult parse_options(int argc, const char* const argv[]) {
   require(o.lr_warmup_epochs >= 0, "lr-warmup-epochs", o.lr_warmup_epochs, "must not be negative");
   require(o.lr_warmup_decay > 0 && o.lr_warmup_decay <= 1, "lr-warmup-decay", o.lr_warmup_decay, "must be in (0, 1]");
   require(o.label_smoothing >= 0 && o.label_smoothing < 1, "label-smoothing", o.label_smoothing, "must be in [0, 1)");
+  require(o.clip_grad_norm >= 0 && o.clip_grad_norm <= 1e30, "clip-grad-norm", o.clip_grad_norm,
+          "must be from 0 (off) to 1e30");
+  require(o.model_ema_steps >= 1, "model-ema-steps", o.model_ema_steps, "must be at least 1");
+  require(o.model_ema_decay > 0 && o.model_ema_decay < 1, "model-ema-decay", o.model_ema_decay, "must be in (0, 1)");
   if (o.test_only && o.resume.empty())
     throw UsageError(
         "--test-only evaluates a checkpoint: give it with --resume PATH (or --resume auto); without "

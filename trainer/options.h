@@ -30,6 +30,11 @@ struct TrainOptions {
   double lr_warmup_decay = 0.01;
   double label_smoothing = 0;  // torchvision's --label-smoothing: CrossEntropyLoss(label_smoothing=...)
   bool test_only = false;      // evaluate the --resume checkpoint and exit
+  bool amp = false;            // autocast forward + GradScaler
+  double clip_grad_norm = 0;   // torchvision's --clip-grad-norm; 0: off
+  bool model_ema = false;      // torchvision's --model-ema
+  int model_ema_steps = 32;
+  double model_ema_decay = 0.99998;
   std::string output_dir = ".";
   std::string resume;                  // a checkpoint path, "auto" (the newest loadable one in output_dir), or empty
   int keep_last = 0;                   // per-epoch files model_<epoch>.pth kept (the newest ones); 0: all

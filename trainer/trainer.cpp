@@ -10,6 +10,8 @@
 #include "ddprun/distributed_sampler.h"
 #include "ddprun/errors.h"
 #include "ddprun/lr_scheduler.h"
+#include "ddprun/mixed_precision.h"
+#include "ddprun/model_ema.h"
 #include "ddprun/preemption_guard.h"
 #include "trainer/blas_info.h"
 #include "trainer/fault_injection.h"
@@ -23,6 +25,7 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
+#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 #include <torch/utils.h>
@@ -89,6 +92,8 @@ std::string run_fingerprint(const TrainOptions& o, int64_t train_size, int64_t t
       << "\npreempt-signals " << o.preempt_signals << "\nbackend " << o.backend << "\ngrad-sync " << o.grad_sync
       << "\nbucket-cap-mb " << exact_text(o.bucket_cap_mb) << "\naccum-steps " << o.accum_steps
       << "\nfind-unused-parameters " << o.find_unused_parameters << "\ngrad-compression " << o.grad_compression
+      << "\namp " << o.amp << "\nclip-grad-norm " << exact_text(o.clip_grad_norm) << "\nmodel-ema " << o.model_ema
+      << "\nmodel-ema-steps " << o.model_ema_steps << "\nmodel-ema-decay " << exact_text(o.model_ema_decay)
       << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
   return out.str();
 }
@@ -101,7 +106,9 @@ void add_args(TrainingState& state, const TrainOptions& o) {
   state.arg("lr_step_size", int64_t{o.lr_step_size}).arg("lr_gamma", o.lr_gamma).arg("lr_min", o.lr_min);
   state.arg("lr_warmup_epochs", int64_t{o.lr_warmup_epochs}).arg("lr_warmup_method", o.lr_warmup_method);
   state.arg("lr_warmup_decay", o.lr_warmup_decay).arg("output_dir", o.output_dir).arg("resume", o.resume);
-  state.arg("label_smoothing", o.label_smoothing).arg("test_only", o.test_only);
+  state.arg("label_smoothing", o.label_smoothing).arg("test_only", o.test_only).arg("amp", o.amp);
+  state.arg("clip_grad_norm", o.clip_grad_norm).arg("model_ema", o.model_ema);
+  state.arg("model_ema_steps", int64_t{o.model_ema_steps}).arg("model_ema_decay", o.model_ema_decay);
   state.arg("keep_last", int64_t{o.keep_last}).arg("save_every_steps", int64_t{o.save_every_steps});
   state.arg("async_save", o.async_save).arg("on_save_error", o.on_save_error).arg("nan_policy", o.nan_policy);
   state.arg("preempt_signals", o.preempt_signals).arg("start_epoch", int64_t{o.start_epoch}).arg("seed", o.seed);
@@ -136,14 +143,21 @@ class Run {
             "--test-only: --resume " + o_.resume + " found no checkpoint in '" + o_.output_dir + "' to evaluate",
             /*failed_rank=*/0);  // the ranks agreed on the resume: every rank throws this
       epoch_of_evaluation_ = start_epoch_;
-      const auto [acc1, acc5] = evaluate();
+      const auto [acc1, acc5] = evaluate(*model_);
+      std::string ema;
+      if (ema_) {
+        const auto [ema1, ema5] = evaluate(*ema_model_);
+        char text[96];
+        std::snprintf(text, sizeof text, "  ema: test_acc1 %.2f%%  test_acc5 %.2f%%", ema1, ema5);
+        ema = text;
+      }
       if (rank0_)
         std::printf(
-            "ddptrain: --test-only: %s: test_acc1 %.2f%%  test_acc5 %.2f%%\n",
+            "ddptrain: --test-only: %s: test_acc1 %.2f%%  test_acc5 %.2f%%%s\n",
             (resume_step_ > 0 ? "epoch " + std::to_string(start_epoch_) + " at step " + std::to_string(resume_step_)
                               : "the end of epoch " + std::to_string(start_epoch_ - 1))
                 .c_str(),
-            acc1, acc5);
+            acc1, acc5, ema.c_str());
       return kExitSuccess;
     }
     if (start_epoch_ >= o_.epochs) {
@@ -162,7 +176,16 @@ class Run {
       if (stopped_mid_epoch_) break;  // --stop-after-steps or a preemption: its checkpoint is written
       scheduler_->step();
       epoch_of_evaluation_ = epoch;
-      std::tie(m.test_acc1, m.test_acc5) = evaluate();
+      std::tie(m.test_acc1, m.test_acc5) = evaluate(*model_);
+      if (ema_) {
+        m.has_ema = true;
+        std::tie(m.test_acc1_ema, m.test_acc5_ema) = evaluate(*ema_model_);
+      }
+      if (scaler_) {
+        m.amp = true;
+        m.amp_scale = scaler_->get_scale();
+        m.amp_skipped_steps = skipped_steps_;
+      }
       m.epoch_seconds = seconds_since(start);
       if (rank0_) {
         std::printf("%s\n", to_text(m, o_.epochs).c_str());
@@ -280,6 +303,19 @@ class Run {
     TrainingState state(*model_);
     state.optimizer(*optimizer_).lr_scheduler(*scheduler_).sampler(*sampler_, o_.batch_size);
     state.rank_number("train_loss_sum", epoch_loss_sum_).rank_number("train_samples", epoch_samples_);
+    if (o_.amp) {  // torchvision's "scaler"; one rank's inf/NaN gradient skips the step on every rank
+      scaler_ = std::make_unique<GradScaler>(group_);
+      state.grad_scaler(*scaler_);
+    }
+    if (o_.model_ema) {  // torchvision's "model_ema", with train.py's decay adjustment
+      ema_model_ = make_model(o_.model);
+      ema_model_->to(device_);
+      const double adjust = static_cast<double>(int64_t{group_.world_size()} * o_.batch_size * o_.model_ema_steps) /
+                            static_cast<double>(o_.epochs);
+      const double alpha = std::min(1.0, (1.0 - o_.model_ema_decay) * adjust);
+      ema_ = std::make_shared<ExponentialMovingAverage>(*model_, ema_model_, 1.0 - alpha);
+      state.module("model_ema", *ema_);
+    }
     add_args(state, o_);
     CheckpointOptions where;
     where.directory = o_.output_dir;
@@ -368,16 +404,24 @@ class Run {
       const bool steps_now = step - window_start == window - 1;
       if (step == window_start) optimizer_->zero_grad();
       const auto forward_start = Clock::now();
-      at::Tensor loss =
-          classification_loss(ddp_ ? ddp_->forward(images) : model_->forward(images), labels, o_.label_smoothing);
+      at::Tensor loss;
+      {
+        std::optional<Autocast> autocast;  // --amp: the forward pass and the loss, as torchvision's train.py
+        if (o_.amp) autocast.emplace(device_.type());
+        loss = classification_loss(ddp_ ? ddp_->forward(images) : model_->forward(images), labels, o_.label_smoothing);
+      }
       const auto backward_start = Clock::now();
       {
         std::optional<DistributedDataParallelBase::NoSync> no_sync;
         if (!steps_now && ddp_) no_sync.emplace(*ddp_);
-        (window > 1 ? loss / static_cast<double>(window) : loss).backward();
+        const at::Tensor window_loss = window > 1 ? loss / static_cast<double>(window) : loss;
+        (scaler_ ? scaler_->scale(window_loss) : window_loss).backward();
       }
       const auto backward_end = Clock::now();
       if (steps_now && !ddp_) average_gradients_per_parameter();
+      if (steps_now && scaler_) scaler_->unscale_(*optimizer_);  // before clipping; agrees on inf/NaN
+      if (steps_now && o_.clip_grad_norm > 0)                    // the averaged gradients: the same norm on every rank
+        torch::nn::utils::clip_grad_norm_(params_, o_.clip_grad_norm);
       const double loss_value = loss.item<double>();
       window_non_finite = window_non_finite || !std::isfinite(loss_value);
       faults_.after_step(epoch, step + 1);
@@ -390,7 +434,18 @@ class Run {
         if (!update) optimizer_->zero_grad();  // --nan-policy skip-step
       }
       const auto step_start = Clock::now();
-      if (update) optimizer_->step();
+      if (scaler_ && steps_now) {  // an inf/NaN gradient on any rank: no step, a lower scale
+        if (!(update && scaler_->step(*optimizer_))) ++skipped_steps_;
+        scaler_->update();
+      } else if (update) {
+        optimizer_->step();
+      }
+      // torchvision: model_ema.update_parameters(model) when i % model_ema_steps == 0 (i: the batch of the epoch),
+      // n_averaged zeroed during the warm-up epochs.
+      if (ema_ && step % o_.model_ema_steps == 0) {
+        ema_->update_parameters(*model_);
+        if (epoch < o_.lr_warmup_epochs) ema_->n_averaged().fill_(0);
+      }
       if (timeline_.enabled()) {
         const std::string where = "\"epoch\": " + std::to_string(epoch) + ", \"step\": " + std::to_string(step);
         timeline_.span("forward", Timeline::kCompute, forward_start, backward_start, where);
@@ -468,15 +523,15 @@ class Run {
 
   // Top-1 and top-5 accuracy in percent over the whole test split, each rank scoring every world_size-th sample (no
   // padding, so each sample counts once).
-  std::pair<double, double> evaluate() {
-    model_->eval();
+  std::pair<double, double> evaluate(Model& model) {
+    model.eval();
     at::NoGradGuard no_grad;
     const at::Tensor mine = at::arange(group_.rank(), test_data_.size(), group_.world_size(), at::kLong);
     int64_t top1 = 0, top5 = 0;
     for (int64_t begin = 0; begin < mine.size(0); begin += o_.batch_size) {
       const at::Tensor indices = mine.narrow(0, begin, std::min<int64_t>(o_.batch_size, mine.size(0) - begin));
       auto [images, labels] = make_batch(test_data_, indices);
-      const at::Tensor log_probs = model_->forward(images.to(device_));
+      const at::Tensor log_probs = model.forward(images.to(device_));
       const auto [hits1, hits5] = count_top1_top5(log_probs, labels.to(device_));
       top1 += hits1;
       top5 += hits5;
@@ -528,6 +583,10 @@ class Run {
   std::unique_ptr<DistributedSampler> sampler_;
   std::unique_ptr<PreemptionGuard> guard_;
   std::unique_ptr<CheckpointManager> checkpoints_;
+  std::unique_ptr<GradScaler> scaler_;             // --amp
+  std::shared_ptr<Model> ema_model_;               // --model-ema: the averaged weights
+  std::shared_ptr<ExponentialMovingAverage> ema_;  // ... and their average ("model_ema")
+  int64_t skipped_steps_ = 0;                      // --amp: steps the scaler skipped in this run
   int start_epoch_ = 0;
   int64_t resume_step_ = 0;         // the step of start_epoch_ a mid-epoch checkpoint continues at
   bool resume_exact_ = false;       // ... with every rank's generators and loss so far put back

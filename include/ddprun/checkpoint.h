@@ -11,6 +11,7 @@
 
 #include "ddprun/distributed_sampler.h"
 #include "ddprun/lr_scheduler.h"
+#include "ddprun/mixed_precision.h"
 #include "ddprun/process_group.h"
 
 #include <c10/core/Device.h>
@@ -62,6 +63,9 @@ class TrainingState {
   TrainingState& number(const std::string& key, double& value);
   TrainingState& number(const std::string& key, int64_t& value);
   TrainingState& text(const std::string& key, std::string& value);
+  // "scaler": Python's GradScaler state dict (an empty dict when the scaler is disabled, as Python writes it; an
+  // empty one loads as a fresh scaler).
+  TrainingState& grad_scaler(GradScaler& scaler);
 
   // The data order's position (the sampler's seed and epoch; ResumePoint::step x batch_size samples per rank), so
   // that a resume on another number of ranks or batch size continues after the same number of samples.

@@ -11,6 +11,8 @@
 #include "ddprun/errors.h"
 #include "ddprun/launch_contract.h"
 #include "ddprun/lr_scheduler.h"
+#include "ddprun/mixed_precision.h"
+#include "ddprun/model_ema.h"
 #include "ddprun/preemption_guard.h"
 #include "ddprun/process_group.h"
 #include "ddprun/run.h"

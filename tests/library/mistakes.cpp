@@ -10,6 +10,9 @@
 //   usage_everywhere     every rank finds a bad option together: one line from rank 0, exit code 2
 //   data_loader          ddprun's sampler in torch::data's DataLoader: set_epoch after the loader exists, a start at
 //                        batch 3 that never loads the skipped samples, the same order as indices()
+//   scaler_inf_on_rank1  GradScaler on the group, each rank stepping on its own gradients (no DDP), an inf on rank 1:
+//                        both ranks skip the step and back off; the weights stay equal
+//   scaler_no_update     the scaler's step() twice without update(): one line, exit code 2, no hang
 // Usage: mpirun -np 2 mistakes CASE OUT_DIR
 #include <ddprun/ddprun.h>
 #include <torch/torch.h>
@@ -130,6 +133,22 @@ int run(int argc, char** argv) {
                                  std::to_string(expected.size(0)) + " in the sampler's order");
     }
     if (rank == 0) std::printf("the DataLoader followed the sampler: set_epoch, Python's order, a mid-epoch start\n");
+    return 0;
+  }
+  if (kase == "scaler_inf_on_rank1" || kase == "scaler_no_update") {
+    ddprun::GradScaler scaler(group);
+    for (int s = 0; s < 2; ++s) {
+      torch::manual_seed(static_cast<uint64_t>(s));
+      const torch::Tensor x = torch::randn({16, 8});
+      optimizer.zero_grad();
+      torch::Tensor loss = net->forward(x).pow(2).mean();
+      if (kase == "scaler_inf_on_rank1" && s == 1 && rank == 1) loss = loss * INFINITY;  // an overflow here only
+      scaler.scale(loss).backward();
+      const bool stepped = scaler.step(optimizer);
+      if (kase == "scaler_no_update") continue;  // the habit: update() forgotten
+      scaler.update();
+      std::printf("rank %d step %d: %s, scale %g\n", rank, s, stepped ? "stepped" : "skipped", scaler.get_scale());
+    }
     return 0;
   }
   throw ddprun::UsageError("unknown case '" + kase + "'");

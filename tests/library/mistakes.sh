@@ -73,6 +73,18 @@ case $kase in
   data_loader)
     [ "$code" -eq 0 ] || fail "exit code $code, expected 0"
     grep -q "the DataLoader followed the sampler" "$work/out.txt" || fail "no report" ;;
+  scaler_inf_on_rank1)
+    [ "$code" -eq 0 ] || fail "exit code $code, expected 0"
+    for r in 0 1; do
+      grep -q "^rank $r step 0: stepped, scale 65536$" "$work/out.txt" || fail "rank $r did not step at step 0"
+      grep -q "^rank $r step 1: skipped, scale 32768$" "$work/out.txt" ||
+        fail "rank $r did not skip the step rank 1 overflowed in, or did not back off"
+    done ;;
+  scaler_no_update)
+    [ "$code" -eq 2 ] || fail "exit code $code, expected 2"
+    ours | grep -q "step() has already been called since the last update(); call update() each step" ||
+      fail "no line saying update() is missing"
+    within 30 ;;
   *) fail "unknown case" ;;
 esac
 echo "PASS $kase"

@@ -14,7 +14,14 @@
   loss LS                      -> torchvision's criterion nn.CrossEntropyLoss(label_smoothing=LS) on fixed logits
                                   [64, 10] (sin(0.37 i) * 3) and labels (i % 10): the loss, then the gradient of the
                                   logits; then utils.accuracy's top-1 and top-5 counts
+  features DIR                 -> torchvision's train_one_epoch with --amp (CPU autocast, bfloat16), a GradScaler
+                                  (init_scale 1024, growth_interval 3), --clip-grad-norm 0.5 and --model-ema (decay
+                                  0.9, every 2 steps) for 8 steps of batch 8 (images sin(0.01 i + t), labels
+                                  (i + t) % 10; step 4's loss times inf) from the mnist_cnn in DIR/init.pth ("model"),
+                                  SGD lr 0.05 momentum 0.9 wd 1e-4, torch.manual_seed(0) before the first step.
+                                  Writes DIR/py.pth {"model", "model_ema", "scaler"}; prints the steps that stepped.
 """
+import math
 import sys
 
 import torch
@@ -60,6 +67,99 @@ def run_optim(params, opt, sched, first_epoch, epochs, save=None):
 
 def print_numbers(values):
     print(" ".join(repr(float(v)) for v in values))
+
+
+def cpu_grad_scaler(**kwargs):
+    """torch.cuda.amp.GradScaler (1.13) on CPU tensors: Python's own class and control flow (stages, skipped steps,
+    state dict), with its three CUDA-only pieces replaced: the "CUDA is not available" switch-off, the is_cuda
+    assertions, and the two kernels, written out as aten/src/ATen/native/cuda/AmpKernels.cu computes them."""
+    from torch.cuda.amp import grad_scaler as gs
+
+    def non_finite_check_and_unscale_(grads, found_inf, inv_scale):
+        for g in grads:  # per tensor: note a non-finite value; multiply by inv_scale (float32) unless it is 1
+            if not bool(torch.isfinite(g).all()):
+                found_inf.fill_(1.0)
+            if inv_scale.item() != 1.0:
+                g.mul_(inv_scale.view(()))
+
+    def update_scale_(scale, growth_tracker, found_inf, growth_factor, backoff_factor, growth_interval):
+        if found_inf.item():  # float32 scale times a double factor, stored back as float32
+            scale.fill_(scale.item() * backoff_factor)
+            growth_tracker.fill_(0)
+        else:
+            successful = growth_tracker.item() + 1
+            if successful == growth_interval:
+                grown = torch.tensor(scale.item() * growth_factor, dtype=torch.float32)
+                if math.isfinite(grown.item()):
+                    scale.copy_(grown)
+                growth_tracker.fill_(0)
+            else:
+                growth_tracker.fill_(successful)
+        return scale
+
+    class Replicator(gs._MultiDeviceReplicator):
+        def __init__(self, master_tensor):  # without the is_cuda assertion
+            self.master = master_tensor
+            self._per_device_tensors = {}
+
+    class CpuGradScaler(gs.GradScaler):
+        def scale(self, outputs):  # GradScaler.scale for one tensor, without the is_cuda assertion
+            if self._scale is None:
+                self._lazy_init_scale_growth_tracker(outputs.device)
+            return outputs * self._scale.to(device=outputs.device, non_blocking=True)
+
+    gs.amp_definitely_not_available = lambda: False
+    gs._MultiDeviceReplicator = Replicator
+    torch._amp_foreach_non_finite_check_and_unscale_ = non_finite_check_and_unscale_
+    torch._amp_update_scale_ = update_scale_
+    return CpuGradScaler(**kwargs)
+
+
+class ExponentialMovingAverage(torch.optim.swa_utils.AveragedModel):
+    """torchvision/references/classification/utils.py, verbatim."""
+
+    def __init__(self, model, decay, device="cpu"):
+        def ema_avg(avg_model_param, model_param, num_averaged):
+            return decay * avg_model_param + (1 - decay) * model_param
+
+        super().__init__(model, device, ema_avg, use_buffers=True)
+
+
+def run_features(folder):
+    import os
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "reference"))
+    from pytorch_ddp_mnist import Net
+    model = Net()
+    model.load_state_dict(torch.load(folder + "/init.pth")["model"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    scaler = cpu_grad_scaler(init_scale=1024.0, growth_interval=3)
+    model_ema = ExponentialMovingAverage(model, decay=0.9)
+    model.train()
+    torch.manual_seed(0)
+    stepped = []
+    for i in range(8):  # torchvision's train_one_epoch
+        image = (torch.arange(8 * 784, dtype=torch.float32) * 0.01 + i).sin().view(8, 1, 28, 28)
+        target = (torch.arange(8) + i) % 10
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = model(image)
+            loss = torch.nn.functional.nll_loss(output, target)
+        if i == 4:
+            loss = loss * math.inf
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        before = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        if scaler.get_scale() >= before:
+            stepped.append(i)
+        if i % 2 == 0:
+            model_ema.update_parameters(model)
+    torch.save({"model": model.state_dict(), "model_ema": model_ema.state_dict(), "scaler": scaler.state_dict(), "epoch": 0},
+               folder + "/py.pth")
+    print(" ".join(str(i) for i in stepped))
+    print(scaler.get_scale(), scaler._get_growth_tracker())
 
 
 def main(argv):
@@ -127,6 +227,8 @@ def main(argv):
         _, pred = logits.detach().topk(5, 1, True, True)  # torchvision's references/classification/utils.accuracy
         correct = pred.t().eq(labels[None])
         print(correct[:1].flatten().sum().item(), correct[:5].flatten().sum().item())
+    elif mode == "features":
+        run_features(argv[2])
     else:
         sys.exit(f"unknown mode {mode}")
 

@@ -1,6 +1,9 @@
 // Unit tests of ddptrain's pieces: flags, IDX files, the models' state dicts, fault injection.
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
+#include "ddprun/checkpoint.h"
+#include "ddprun/mixed_precision.h"
+#include "ddprun/model_ema.h"
 #include "tests/test_helpers.h"
 #include "trainer/fault_injection.h"
 #include "trainer/idx_dataset.h"
@@ -12,6 +15,7 @@
 #include <ATen/ops/sin.h>
 #include <ATen/ops/tensor.h>
 #include <gtest/gtest.h>
+#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/sgd.h>
 #include <torch/utils.h>
 #include <unistd.h>
@@ -21,6 +25,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <sstream>
 
@@ -248,6 +253,70 @@ TEST(Loss, LabelSmoothingAndTopFiveAsTorchvision) {
     EXPECT_EQ(top1, static_cast<int64_t>(expected[2][0]));
     EXPECT_EQ(top5, static_cast<int64_t>(expected[2][1]));
   }
+}
+
+// --amp, --clip-grad-norm and --model-ema against torchvision's train_one_epoch in Python (pytorch_reference.py
+// features): CPU autocast to bfloat16, Python's GradScaler (its control flow; a step whose loss is inf is skipped and
+// backs the scale off, 3 good steps grow it), clip_grad_norm_, and ExponentialMovingAverage over AveragedModel, 8
+// steps from the same weights and batches (dropout from the same seed). Then Python's file {"model", "model_ema",
+// "scaler"} loads into ddprun's objects: the weights, the average and the scaler's state are the same, bit for bit.
+TEST(Features, AmpClipEmaTrainAsTorchvision) {
+  const fs::path dir = temp_folder("ddprun_features");
+  torch::manual_seed(3);
+  auto model = make_model("mnist_cnn");
+  ddprun::save_checkpoint((dir / "init.pth").string(), ddprun::TrainingState(*model), {0, 0});
+  const auto expected = python_reference("features " + dir.string());
+  ASSERT_EQ(expected.size(), 2u) << "python reference failed";
+
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
+  ddprun::GradScalerOptions scaling;
+  scaling.init_scale = 1024;
+  scaling.growth_interval = 3;
+  ddprun::GradScaler scaler(scaling);
+  auto ema = std::make_shared<ddprun::ExponentialMovingAverage>(*model, make_model("mnist_cnn"), 0.9);
+  model->train();
+  torch::manual_seed(0);
+  std::vector<double> stepped;
+  for (int i = 0; i < 8; ++i) {
+    const at::Tensor image = (at::arange(8 * 784, at::kFloat) * 0.01 + i).sin().view({8, 1, 28, 28});
+    const at::Tensor target = (at::arange(8, at::kLong) + i).remainder(10);
+    at::Tensor loss;
+    {
+      ddprun::Autocast autocast(c10::kCPU);
+      loss = classification_loss(model->forward(image), target, 0);
+    }
+    if (i == 4) loss = loss * std::numeric_limits<double>::infinity();
+    optimizer.zero_grad();
+    scaler.scale(loss).backward();
+    scaler.unscale_(optimizer);
+    torch::nn::utils::clip_grad_norm_(model->parameters(), 0.5);
+    if (scaler.step(optimizer)) stepped.push_back(i);
+    scaler.update();
+    if (i % 2 == 0) ema->update_parameters(*model);
+  }
+  EXPECT_EQ(stepped, expected[0]);
+  EXPECT_EQ(scaler.get_scale(), expected[1][0]);
+  EXPECT_EQ(scaler.state().growth_tracker, static_cast<int64_t>(expected[1][1]));
+
+  auto python_model = make_model("mnist_cnn");
+  auto python_ema = std::make_shared<ddprun::ExponentialMovingAverage>(*python_model, make_model("mnist_cnn"), 0.5);
+  ddprun::GradScaler python_scaler;
+  ddprun::load_checkpoint(
+      (dir / "py.pth").string(),
+      ddprun::TrainingState(*python_model).module("model_ema", *python_ema).grad_scaler(python_scaler));
+  EXPECT_EQ(python_scaler.get_scale(), scaler.get_scale());
+  EXPECT_EQ(python_scaler.state().growth_tracker, scaler.state().growth_tracker);
+  EXPECT_EQ(python_ema->n_averaged().item<int64_t>(), 4);
+  for (const auto& [ours, theirs] : {std::pair<torch::nn::Module*, torch::nn::Module*>{model.get(), python_model.get()},
+                                     {ema.get(), python_ema.get()}}) {
+    const auto mine = ours->named_parameters();
+    for (const auto& item : theirs->named_parameters()) {
+      SCOPED_TRACE(item.key());
+      const double diff = (mine[item.key()] - item.value()).abs().max().item<double>();
+      EXPECT_EQ(diff, 0.0);
+    }
+  }
+  fs::remove_all(dir);
 }
 
 TEST(ModuleState, LoadsStrictlyAndSaysWhatDoesNotMatch) {
