@@ -77,24 +77,28 @@ torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, 
 // changes).
 class BasicBlock : public torch::nn::Module {
  public:
-  BasicBlock(int64_t in, int64_t out, int64_t stride) {
+  BasicBlock(int64_t in, int64_t out, int64_t stride, const NormLayer& norm) {
     conv1_ = register_module("conv1", conv(in, out, 3, stride, 1));
-    bn1_ = register_module("bn1", torch::nn::BatchNorm2d(out));
+    bn1_ = norm(out);
+    register_module("bn1", bn1_.ptr());
     conv2_ = register_module("conv2", conv(out, out, 3, 1, 1));
-    bn2_ = register_module("bn2", torch::nn::BatchNorm2d(out));
-    if (stride != 1 || in != out)
-      downsample_ = register_module("downsample",
-                                    torch::nn::Sequential(conv(in, out, 1, stride, 0), torch::nn::BatchNorm2d(out)));
+    bn2_ = norm(out);
+    register_module("bn2", bn2_.ptr());
+    if (stride != 1 || in != out) {
+      torch::nn::Sequential downsample(conv(in, out, 1, stride, 0));
+      downsample->push_back(norm(out));
+      downsample_ = register_module("downsample", downsample);
+    }
   }
   at::Tensor forward(const at::Tensor& x) {
-    at::Tensor out = at::relu(bn1_->forward(conv1_->forward(x)));
-    out = bn2_->forward(conv2_->forward(out));
+    at::Tensor out = at::relu(bn1_.forward<at::Tensor>(conv1_->forward(x)));
+    out = bn2_.forward<at::Tensor>(conv2_->forward(out));
     return at::relu(out + (downsample_ ? downsample_->forward(x) : x));
   }
 
  private:
   torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
-  torch::nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr};
+  torch::nn::AnyModule bn1_, bn2_;
   torch::nn::Sequential downsample_{nullptr};
 };
 
@@ -103,22 +107,23 @@ class BasicBlock : public torch::nn::Module {
 // parameter, so the state dict is torchvision's). 28x28 images come out of layer4 as 1x1.
 class ResNet18 : public Model {
  public:
-  ResNet18(int64_t channels, int64_t classes) {
+  ResNet18(int64_t channels, int64_t classes, const NormLayer& norm) {
     conv1_ = register_module("conv1", conv(channels, 64, 7, 2, 3));
-    bn1_ = register_module("bn1", torch::nn::BatchNorm2d(64));
+    bn1_ = norm(64);
+    register_module("bn1", bn1_.ptr());
     int64_t in = 64;
     const int64_t widths[4] = {64, 128, 256, 512};
     for (int layer = 0; layer < 4; ++layer) {
       torch::nn::ModuleList blocks;
-      blocks->push_back(std::make_shared<BasicBlock>(in, widths[layer], layer == 0 ? 1 : 2));
-      blocks->push_back(std::make_shared<BasicBlock>(widths[layer], widths[layer], 1));
+      blocks->push_back(std::make_shared<BasicBlock>(in, widths[layer], layer == 0 ? 1 : 2, norm));
+      blocks->push_back(std::make_shared<BasicBlock>(widths[layer], widths[layer], 1, norm));
       layers_[layer] = register_module("layer" + std::to_string(layer + 1), blocks);
       in = widths[layer];
     }
     fc_ = register_module("fc", torch::nn::Linear(512, classes));
   }
   at::Tensor forward(at::Tensor x) override {
-    x = at::relu(bn1_->forward(conv1_->forward(x)));
+    x = at::relu(bn1_.forward<at::Tensor>(conv1_->forward(x)));
     x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
     for (auto& blocks : layers_)
       for (const auto& block : *blocks) x = block->as<BasicBlock>()->forward(x);
@@ -128,7 +133,7 @@ class ResNet18 : public Model {
 
  private:
   torch::nn::Conv2d conv1_{nullptr};
-  torch::nn::BatchNorm2d bn1_{nullptr};
+  torch::nn::AnyModule bn1_;
   torch::nn::ModuleList layers_[4] = {torch::nn::ModuleList(nullptr), torch::nn::ModuleList(nullptr),
                                       torch::nn::ModuleList(nullptr), torch::nn::ModuleList(nullptr)};
   torch::nn::Linear fc_{nullptr};
@@ -136,8 +141,13 @@ class ResNet18 : public Model {
 
 }  // namespace
 
-std::shared_ptr<Model> make_model(const std::string& name, int64_t channels, int64_t classes) {
-  if (name == "resnet18") return std::make_shared<ResNet18>(channels, classes);
+std::shared_ptr<Model> make_model(const std::string& name, int64_t channels, int64_t classes,
+                                  const NormLayer& norm_layer) {
+  if (name == "resnet18")
+    return std::make_shared<ResNet18>(
+        channels, classes, norm_layer ? norm_layer : [](int64_t features) {
+          return torch::nn::AnyModule(torch::nn::BatchNorm2d(features));
+        });
   if (name == "mlp") return std::make_shared<Mlp>(channels * 28 * 28, classes);
   if (name == "mnist_cnn") {
     if (channels != 1 || classes != 10)

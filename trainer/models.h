@@ -3,6 +3,9 @@
 #pragma once
 
 #include <torch/nn/module.h>
+#include <torch/nn/modules/container/any.h>
+
+#include <functional>
 
 #include <memory>
 #include <string>
@@ -24,7 +27,11 @@ class Model : public torch::nn::Module {
 // - mlp: flatten, fc1(784->4096), ReLU, fc2(4096->4096), ReLU, fc3(4096->10): 20 M parameters.
 // - resnet18: torchvision.models.resnet18 with its exact names (conv1, bn1, layer1.0.conv1, ..., fc), BatchNorm
 //   buffers included.
-std::shared_ptr<Model> make_model(const std::string& name, int64_t channels = 1, int64_t classes = 10);
+// `norm_layer`, as torchvision's resnet18(norm_layer=...): builds each BatchNorm of `channels` channels (the default:
+// torch::nn::BatchNorm2d; ddptrain's --sync-bn gives ddprun::SyncBatchNorm), under BatchNorm's names.
+using NormLayer = std::function<torch::nn::AnyModule(int64_t channels)>;
+std::shared_ptr<Model> make_model(const std::string& name, int64_t channels = 1, int64_t classes = 10,
+                                  const NormLayer& norm_layer = nullptr);
 
 // The training loss on a model's log-probabilities: nll_loss, or with `label_smoothing` > 0 what torchvision's
 // nn.CrossEntropyLoss(label_smoothing=...) gives on the logits: (1 - e) * nll + e * the mean over classes of

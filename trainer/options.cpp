@@ -69,6 +69,9 @@ po::options_description describe(TrainOptions& o) {
      "schedule; its state is the checkpoint's \"scaler\")")
     ("clip-grad-norm", po::value(&o.clip_grad_norm)->default_value(o.clip_grad_norm, "0"),
      "clip the averaged gradients' global 2-norm to this (after unscaling with --amp); 0: no clipping")
+    ("sync-bn", po::bool_switch(&o.sync_bn)->default_value(false),
+     "SyncBatchNorm: resnet18's BatchNorm layers normalize with the statistics of the global batch (every rank's "
+     "samples), forward and backward")
     ("model-ema", po::bool_switch(&o.model_ema)->default_value(false),
      "keep an exponential moving average of the weights (torchvision's ExponentialMovingAverage), evaluate it "
      "(test_acc1_ema) and save it as the checkpoint's \"model_ema\"")
@@ -246,6 +249,9 @@ ParseResult parse_options(int argc, const char* const argv[]) {
           "must be from 0 (off) to 1e30");
   require(o.model_ema_steps >= 1, "model-ema-steps", o.model_ema_steps, "must be at least 1");
   require(o.model_ema_decay > 0 && o.model_ema_decay < 1, "model-ema-decay", o.model_ema_decay, "must be in (0, 1)");
+  if (o.sync_bn && o.model != "resnet18")
+    throw UsageError("--sync-bn synchronizes BatchNorm layers, and --model " + o.model +
+                     " has none; use it with --model resnet18");
   if (o.test_only && o.resume.empty())
     throw UsageError(
         "--test-only evaluates a checkpoint: give it with --resume PATH (or --resume auto); without "

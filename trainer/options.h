@@ -32,6 +32,7 @@ struct TrainOptions {
   bool test_only = false;      // evaluate the --resume checkpoint and exit
   bool amp = false;            // autocast forward + GradScaler
   double clip_grad_norm = 0;   // torchvision's --clip-grad-norm; 0: off
+  bool sync_bn = false;        // torchvision's --sync-bn: BatchNorm statistics over every rank (resnet18)
   bool model_ema = false;      // torchvision's --model-ema
   int model_ema_steps = 32;
   double model_ema_decay = 0.99998;

@@ -13,6 +13,7 @@
 #include "ddprun/mixed_precision.h"
 #include "ddprun/model_ema.h"
 #include "ddprun/preemption_guard.h"
+#include "ddprun/sync_batch_norm.h"
 #include "trainer/blas_info.h"
 #include "trainer/fault_injection.h"
 #include "trainer/idx_dataset.h"
@@ -92,9 +93,9 @@ std::string run_fingerprint(const TrainOptions& o, int64_t train_size, int64_t t
       << "\npreempt-signals " << o.preempt_signals << "\nbackend " << o.backend << "\ngrad-sync " << o.grad_sync
       << "\nbucket-cap-mb " << exact_text(o.bucket_cap_mb) << "\naccum-steps " << o.accum_steps
       << "\nfind-unused-parameters " << o.find_unused_parameters << "\ngrad-compression " << o.grad_compression
-      << "\namp " << o.amp << "\nclip-grad-norm " << exact_text(o.clip_grad_norm) << "\nmodel-ema " << o.model_ema
-      << "\nmodel-ema-steps " << o.model_ema_steps << "\nmodel-ema-decay " << exact_text(o.model_ema_decay)
-      << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
+      << "\namp " << o.amp << "\nsync-bn " << o.sync_bn << "\nclip-grad-norm " << exact_text(o.clip_grad_norm)
+      << "\nmodel-ema " << o.model_ema << "\nmodel-ema-steps " << o.model_ema_steps << "\nmodel-ema-decay "
+      << exact_text(o.model_ema_decay) << "\ntraining samples " << train_size << "\ntest samples " << test_size << "\n";
   return out.str();
 }
 
@@ -107,7 +108,7 @@ void add_args(TrainingState& state, const TrainOptions& o) {
   state.arg("lr_warmup_epochs", int64_t{o.lr_warmup_epochs}).arg("lr_warmup_method", o.lr_warmup_method);
   state.arg("lr_warmup_decay", o.lr_warmup_decay).arg("output_dir", o.output_dir).arg("resume", o.resume);
   state.arg("label_smoothing", o.label_smoothing).arg("test_only", o.test_only).arg("amp", o.amp);
-  state.arg("clip_grad_norm", o.clip_grad_norm).arg("model_ema", o.model_ema);
+  state.arg("clip_grad_norm", o.clip_grad_norm).arg("sync_bn", o.sync_bn).arg("model_ema", o.model_ema);
   state.arg("model_ema_steps", int64_t{o.model_ema_steps}).arg("model_ema_decay", o.model_ema_decay);
   state.arg("keep_last", int64_t{o.keep_last}).arg("save_every_steps", int64_t{o.save_every_steps});
   state.arg("async_save", o.async_save).arg("on_save_error", o.on_save_error).arg("nan_policy", o.nan_policy);
@@ -284,7 +285,13 @@ class Run {
                                       "run (its flags, config file and data)");
 
     torch::manual_seed(static_cast<uint64_t>(o_.seed));
-    model_ = make_model(o_.model);
+    if (o_.sync_bn) {  // torchvision: SyncBatchNorm.convert_sync_batchnorm(model), before DDP wraps it
+      model_ =
+          make_model(o_.model, 1, 10, [](int64_t features) { return torch::nn::AnyModule(SyncBatchNorm(features)); });
+      convert_sync_batchnorm(*model_, group_);
+    } else {
+      model_ = make_model(o_.model);
+    }
     model_->to(device_);
     params_ = model_->parameters();
     optimizer_ = make_optimizer(params_, o_);

@@ -16,3 +16,4 @@
 #include "ddprun/preemption_guard.h"
 #include "ddprun/process_group.h"
 #include "ddprun/run.h"
+#include "ddprun/sync_batch_norm.h"

@@ -47,6 +47,11 @@ case "$case_name" in
                   expect="--label-smoothing 1 is out of range: must be in [0, 1)" ;;
   test_only_without_resume) args=(--test-only); code=2
                   expect="--test-only evaluates a checkpoint: give it with --resume PATH (or --resume auto); without one it would score an untrained model" ;;
+  sync_bn_mnist)  args=(--sync-bn); code=2
+                  expect="--sync-bn synchronizes BatchNorm layers, and --model mnist_cnn has none; use it with --model resnet18" ;;
+  clip_negative)  args=(--clip-grad-norm -1); code=2; expect="--clip-grad-norm -1 is out of range: must be from 0 (off) to 1e30" ;;
+  ema_decay_one)  args=(--model-ema --model-ema-decay 1); code=2
+                  expect="--model-ema-decay 1 is out of range: must be in (0, 1)" ;;
   lr_huge)        args=(--lr 1e308); code=2; expect="--lr 1e+308 is out of range: must be positive and at most 1000" ;;
   lr_min_inf)     args=(--lr-min inf --lr-scheduler cosineannealinglr); code=2
                   expect="--lr-min inf is out of range: must be a finite number" ;;
