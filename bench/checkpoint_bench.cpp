@@ -2,10 +2,12 @@
 // scripts/bench/checkpoint.sh runs it for each implementation in turn, beside Python's torch.save/torch.load.
 //
 //   checkpoint_bench --op save --impl ddprun|ddprun-async|raw --state big|resnet18 [--bytes N] --dir DIR
-//   checkpoint_bench --op load --impl ddprun|raw --state big|resnet18 --dir DIR
+//   checkpoint_bench --op load --impl ddprun|raw --state big|resnet18 --cache cold|warm --dir DIR
 //
-// Each op runs in a process of its own, as a resume does: a load then reads into fresh memory, whose first touch is
-// part of its cost (on this VM a large part: see docs/checkpoint.md). A save leaves its file for the load.
+// Each op runs in a process of its own, as a resume does. A save leaves its file for the loads (the script removes
+// it). A load is finished when the values are in their destination: tensors of the saved shapes (a resume's model
+// and optimizer), allocated and written before the clock starts; raw reads the file with read() into such a buffer.
+// cold: the file is dropped from the page cache first (the disk is read); warm: it is read once before.
 // big: an OrderedDict of 64 float32 tensors totalling N bytes (default 1 GiB). resnet18: {"model", "optimizer"
 // (SGD with momentum, after one step), "epoch"}, as ddptrain saves it.
 // ddprun: checkpoint::save (temporary file, fsync, rename, fsync folder), then checkpoint::load.
@@ -13,14 +15,18 @@
 // second save, which reuses the first one's host buffers as training's later saves do, is the figure;
 // "first_stall_s" is the first one's stall (it allocates the buffers).
 // raw: the bytes of the file ddprun writes, written with plain write() and fsync() and read back with read() into one
-// buffer: the disk's ceiling. Loads read from the disk: the file is dropped from the page cache first.
-// Prints one JSON object per op: {"impl", "state", "op", "bytes", "seconds", "GBps", "peak_extra_bytes", "stall_s"}.
-// peak_extra_bytes: the process's peak resident memory during the op above what it held before (for a load, above
-// the state it builds; for ddprun-async, "before" already holds the snapshot buffers kept from the first save, which
-// are the size of the state).
+// buffer: the disk's ceiling.
+// Prints one JSON object per op: {"impl", "state", "op", "bytes", "seconds", "GBps", "peak_extra_bytes", "stall_s"},
+// for a load also "cache" and, for ddprun, where the time went: "load_s" (checkpoint::load: the directory, the
+// mapping, the CRC-32 of every record, the unpickling), "copy_s" (into the destination) and "crc_s" (the CRC-32 of
+// the file's bytes alone, measured after, in memory: the part of load_s the check costs).
+// peak_extra_bytes: the process's peak resident memory during the op above what it held before (for a load, the
+// destination is held before; a mapped file's pages count; for ddprun-async, "before" already holds the snapshot
+// buffers kept from the first save, which are the size of the state).
 #include "checkpoint/async_saver.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
+#include "checkpoint/zip_directory.h"
 #include "engine/optimizer_state.h"
 #include "trainer/host_memory.h"
 #include "trainer/models.h"
@@ -29,6 +35,7 @@
 #include <ATen/ops/nll_loss.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/optim/sgd.h>
 #include <torch/utils.h>
 
@@ -92,8 +99,8 @@ Value resnet18_state() {
 }
 
 void print(const std::string& impl, const std::string& state, const char* op, int64_t bytes, double seconds,
-           int64_t peak_extra, double stall, double first_stall = -1) {
-  const std::string first = first_stall < 0 ? "" : ", \"first_stall_s\": " + std::to_string(first_stall);
+           int64_t peak_extra, double stall, double first_stall = -1, const std::string& more = "") {
+  const std::string first = (first_stall < 0 ? "" : ", \"first_stall_s\": " + std::to_string(first_stall)) + more;
   std::printf(
       "{\"impl\": \"%s\", \"state\": \"%s\", \"op\": \"%s\", \"bytes\": %lld, \"seconds\": %.4f, \"GBps\": %.4f, "
       "\"peak_extra_bytes\": %lld, \"stall_s\": %.4f%s}\n",
@@ -135,26 +142,40 @@ double raw_save(const char* bytes, size_t size, const std::string& target) {
   return since(start);
 }
 
-// The whole file read with read() into one new (uninitialized) buffer.
-double raw_load(const std::string& path, std::unique_ptr<char[]>& into, size_t& size) {
-  const auto start = Clock::now();
+// The whole file read with read() into `into` (size bytes).
+void read_into(const std::string& path, char* into, size_t size) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) die("cannot open " + path + ": " + std::strerror(errno));
-  size = static_cast<size_t>(file_size(path));
-  into.reset(new char[size]);
   for (size_t done = 0; done < size;) {
-    const ssize_t r = ::read(fd, into.get() + done, size - done);
+    const ssize_t r = ::read(fd, into + done, size - done);
     if (r <= 0) die("read " + path + ": " + std::strerror(errno));
     done += static_cast<size_t>(r);
   }
   ::close(fd);
+}
+
+// The whole file read with read() into one new (uninitialized) buffer.
+double raw_load(const std::string& path, std::unique_ptr<char[]>& into, size_t& size) {
+  const auto start = Clock::now();
+  size = static_cast<size_t>(file_size(path));
+  into.reset(new char[size]);
+  read_into(path, into.get(), size);
   return since(start);
+}
+
+// The tensors of a loaded state, in a fixed order.
+void tensors_of(const Value& v, std::vector<at::Tensor>& out) {
+  if (v.is_tensor()) out.push_back(v.to_tensor());
+  if (v.is_sequence())
+    for (const Value& item : v.items()) tensors_of(item, out);
+  if (v.is_mapping())
+    for (const auto& entry : v.entries()) tensors_of(entry.second, out);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string op, impl, state_name = "big", dir;
+  std::string op, impl, state_name = "big", dir, cache = "cold";
   int64_t bytes = int64_t{1} << 30;
   for (int i = 1; i < argc; i += 2) {
     const std::string flag = argv[i];
@@ -170,14 +191,17 @@ int main(int argc, char** argv) {
       bytes = std::atoll(value.c_str());
     else if (flag == "--dir")
       dir = value;
+    else if (flag == "--cache")
+      cache = value;
     else
-      die("unknown flag " + flag + " (--op, --impl, --state, --bytes, --dir)");
+      die("unknown flag " + flag + " (--op, --impl, --state, --bytes, --cache, --dir)");
   }
   if (op != "save" && op != "load") die("--op must be save or load");
   if (impl != "ddprun" && impl != "ddprun-async" && impl != "raw") die("--impl must be ddprun, ddprun-async or raw");
   if (op == "load" && impl == "ddprun-async") die("--op load has no async form: use --impl ddprun");
   if (state_name != "big" && state_name != "resnet18") die("--state must be big or resnet18");
   if (dir.empty()) die("--dir is required");
+  if (cache != "cold" && cache != "warm") die("--cache must be cold or warm");
   ddprun::trainer::keep_freed_host_memory();
   const std::string path = dir + "/" + state_name + "-" + impl + ".pth";
 
@@ -185,30 +209,50 @@ int main(int argc, char** argv) {
     if (op == "load") {
       const int64_t file_bytes = file_size(path);
       if (file_bytes < 0) die("no " + path + ": run --op save --impl " + impl + " first");
-      drop_from_page_cache(path);
+      const auto size = static_cast<size_t>(file_bytes);
+      // The destination, written before the clock starts, as a resume's model and optimizer are.
+      std::unique_ptr<char[]> raw_destination;
+      std::vector<at::Tensor> destination;
+      if (impl == "raw") {
+        raw_destination.reset(new char[size]);
+        std::memset(raw_destination.get(), 0, size);
+      } else {
+        std::vector<at::Tensor> saved;
+        tensors_of(ddprun::checkpoint::load(path), saved);
+        for (const at::Tensor& t : saved) destination.push_back(at::zeros_like(t));
+      }
+      if (cache == "cold") {
+        drop_from_page_cache(path);
+      } else {
+        std::unique_ptr<char[]> once(new char[size]);
+        read_into(path, once.get(), size);
+      }
       reset_peak();
       const int64_t before = status_bytes("VmRSS");
       const auto start = Clock::now();
-      int64_t state_bytes = file_bytes;
+      std::string breakdown;
       if (impl == "raw") {
-        std::unique_ptr<char[]> file;
-        size_t size = 0;
-        raw_load(path, file, size);
+        read_into(path, raw_destination.get(), size);
       } else {
         const Value loaded = ddprun::checkpoint::load(path);
-        state_bytes = 0;
-        std::function<void(const Value&)> count = [&](const Value& v) {
-          if (v.is_tensor()) state_bytes += static_cast<int64_t>(v.to_tensor().storage().nbytes());
-          if (v.is_sequence())
-            for (const Value& item : v.items()) count(item);
-          if (v.is_mapping())
-            for (const auto& entry : v.entries()) count(entry.second);
-        };
-        count(loaded);
+        const double load_s = since(start);
+        std::vector<at::Tensor> values;
+        tensors_of(loaded, values);
+        if (values.size() != destination.size()) die("the state changed between two loads of " + path);
+        for (size_t i = 0; i < values.size(); ++i) destination[i].copy_(values[i]);
+        breakdown = ", \"load_s\": " + std::to_string(load_s) + ", \"copy_s\": " + std::to_string(since(start) - load_s);
       }
-      const double load_s = since(start);
-      print(impl, state_name, "load", file_bytes, load_s, status_bytes("VmHWM") - before - state_bytes, 0);
-      ::unlink(path.c_str());
+      const double seconds = since(start);
+      const int64_t peak_extra = status_bytes("VmHWM") - before;
+      if (impl != "raw") {  // the check alone, on the file's bytes in memory
+        std::unique_ptr<char[]> bytes(new char[size]);
+        read_into(path, bytes.get(), size);
+        const auto crc_start = Clock::now();
+        volatile uint32_t crc = ddprun::checkpoint::crc32_of(bytes.get(), size);
+        (void)crc;
+        breakdown += ", \"crc_s\": " + std::to_string(since(crc_start));
+      }
+      print(impl, state_name, "load", file_bytes, seconds, peak_extra, 0, -1, ", \"cache\": \"" + cache + "\"" + breakdown);
       return 0;
     }
 

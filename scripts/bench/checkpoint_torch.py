@@ -2,7 +2,7 @@
 """Python's side of scripts/bench/checkpoint.sh: torch.save (+ fsync) and torch.load of the same state that
 bench/checkpoint_bench.cpp saves, with the same JSON line per op.
 
-  checkpoint_torch.py --op save|load --state big|resnet18 [--bytes N] --dir DIR
+  checkpoint_torch.py --op save|load --state big|resnet18 [--bytes N] [--cache cold|warm] --dir DIR
 
 Each op in a process of its own, as in checkpoint_bench: the save leaves DIR/<state>-torch.pth for the load.
 """
@@ -57,11 +57,13 @@ def tensors_in(value):
             yield from tensors_in(v)
 
 
-def emit(state, op, nbytes, seconds, peak_extra):
-    print(json.dumps({"impl": "torch.save" if op == "save" else "torch.load", "state": state, "op": op,
-                      "bytes": nbytes, "seconds": round(seconds, 4), "GBps": round(nbytes / seconds / 1e9, 4),
-                      "peak_extra_bytes": peak_extra, "stall_s": round(seconds if op == "save" else 0, 4)}),
-          flush=True)
+def emit(state, op, nbytes, seconds, peak_extra, cache=None):
+    row = {"impl": "torch.save" if op == "save" else "torch.load", "state": state, "op": op,
+           "bytes": nbytes, "seconds": round(seconds, 4), "GBps": round(nbytes / seconds / 1e9, 4),
+           "peak_extra_bytes": peak_extra, "stall_s": round(seconds if op == "save" else 0, 4)}
+    if cache:
+        row["cache"] = cache
+    print(json.dumps(row), flush=True)
 
 
 def main():
@@ -70,24 +72,32 @@ def main():
     parser.add_argument("--state", choices=["big", "resnet18"], default="big")
     parser.add_argument("--bytes", type=int, default=1 << 30)
     parser.add_argument("--dir", required=True)
+    parser.add_argument("--cache", choices=["cold", "warm"], default="cold")
     args = parser.parse_args()
     torch.set_num_threads(1)
     path = os.path.join(args.dir, args.state + "-torch.pth")
     if args.op == "load":
         nbytes = os.path.getsize(path)
-        fd = os.open(path, os.O_RDONLY)  # read the disk, not the page cache, as checkpoint_bench does
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
+        # The destination, as train.py's model.load_state_dict and optimizer.load_state_dict fill it: tensors of the
+        # saved shapes, allocated and written before the clock starts, copied into.
+        destination = [torch.zeros_like(t) for t in tensors_in(torch.load(path))]
+        if args.cache == "cold":  # read the disk, not the page cache, as checkpoint_bench does
+            fd = os.open(path, os.O_RDONLY)
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+        else:
+            with open(path, "rb") as f:
+                f.read()
         before = status_bytes("VmRSS")
         reset_peak()
         start = time.monotonic()
         loaded = torch.load(path)
+        with torch.no_grad():
+            for into, value in zip(destination, tensors_in(loaded)):
+                into.copy_(value)
         seconds = time.monotonic() - start
-        state_bytes = sum(t.untyped_storage().nbytes() if hasattr(t, "untyped_storage") else t.storage().nbytes()
-                          for t in tensors_in(loaded))
-        emit(args.state, "load", nbytes, seconds, status_bytes("VmHWM") - before - state_bytes)
-        os.unlink(path)
+        emit(args.state, "load", nbytes, seconds, status_bytes("VmHWM") - before, args.cache)
         return
 
     state = big_state(args.bytes) if args.state == "big" else resnet18_state()

@@ -1,6 +1,7 @@
 """PyTorch's own DDP (Python, gloo, CPU) on the same task as ddptrain, for side-by-side comparison.
 
-Same network (pytorch/examples' MNIST Net, or --model mlp: ddptrain's 784-4096-4096-10 MLP), same data and normalization, same DistributedSampler seed, SGD with
+Same network (pytorch/examples' MNIST Net, --model mlp: ddptrain's 784-4096-4096-10 MLP, or --model resnet18:
+torchvision's with a 1-channel conv1; --amp: autocast to bfloat16 with a GradScaler, as torchvision's train.py), same data and normalization, same DistributedSampler seed, SGD with
 momentum and weight decay, StepLR, batch per rank, one intra-op thread per rank. Prints one line per epoch and a
 final JSON line: {"impl": "pytorch_ddp", "epochs": E, "test_acc1": ..., "images_per_sec": ...}.
 
@@ -25,6 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
+from cpu_grad_scaler import cpu_grad_scaler
 
 
 class Net(nn.Module):
@@ -67,6 +69,17 @@ class Mlp(nn.Module):
         return F.log_softmax(self.fc3(x), dim=1)
 
 
+def make_model(name):
+    if name == "mlp":
+        return Mlp()
+    if name == "mnist_cnn":
+        return Net()
+    import torchvision  # ddptrain's resnet18: torchvision's, with a 1-channel conv1 for 28x28 images
+    model = torchvision.models.resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return nn.Sequential(model, nn.LogSoftmax(dim=1))
+
+
 def read_idx(path):
     with gzip.open(path) if path.endswith(".gz") else open(path, "rb") as f:
         data = f.read()
@@ -93,7 +106,8 @@ def worker(rank, args):
     train, test = load(args.data_path, "train", args.train_limit), load(args.data_path, "test", args.test_limit)
     sampler = torch.utils.data.DistributedSampler(train, shuffle=True, seed=args.seed)
     loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, sampler=sampler)
-    model = nn.parallel.DistributedDataParallel(Mlp() if args.model == "mlp" else Net())
+    model = nn.parallel.DistributedDataParallel(make_model(args.model))
+    scaler = cpu_grad_scaler() if args.amp else None
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step_size, gamma=args.lr_gamma)
     acc = 0.0
@@ -104,8 +118,15 @@ def worker(rank, args):
         start = time.time()
         for images, labels in loader:
             opt.zero_grad()
-            F.nll_loss(model(images), labels).backward()
-            opt.step()
+            if scaler is None:
+                F.nll_loss(model(images), labels).backward()
+                opt.step()
+                continue
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # torchvision's train.py --amp, on CPU
+                loss = F.nll_loss(model(images), labels)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         elapsed = torch.tensor([time.time() - start])
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
         rates.append(len(sampler) * args.ranks / elapsed.item())
@@ -131,7 +152,9 @@ def worker(rank, args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--model", choices=["mnist_cnn", "mlp"], default="mnist_cnn")
+    p.add_argument("--model", choices=["mnist_cnn", "mlp", "resnet18"], default="mnist_cnn")
+    p.add_argument("--amp", action="store_true",
+                   help="autocast to bfloat16 and a GradScaler (cpu_grad_scaler.py: PyTorch 1.13's, made to run on CPU)")
     p.add_argument("--data-path", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("-b", "--batch-size", type=int, default=64)
