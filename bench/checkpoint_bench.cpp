@@ -240,7 +240,8 @@ int main(int argc, char** argv) {
         tensors_of(loaded, values);
         if (values.size() != destination.size()) die("the state changed between two loads of " + path);
         for (size_t i = 0; i < values.size(); ++i) destination[i].copy_(values[i]);
-        breakdown = ", \"load_s\": " + std::to_string(load_s) + ", \"copy_s\": " + std::to_string(since(start) - load_s);
+        breakdown =
+            ", \"load_s\": " + std::to_string(load_s) + ", \"copy_s\": " + std::to_string(since(start) - load_s);
       }
       const double seconds = since(start);
       const int64_t peak_extra = status_bytes("VmHWM") - before;
@@ -252,7 +253,8 @@ int main(int argc, char** argv) {
         (void)crc;
         breakdown += ", \"crc_s\": " + std::to_string(since(crc_start));
       }
-      print(impl, state_name, "load", file_bytes, seconds, peak_extra, 0, -1, ", \"cache\": \"" + cache + "\"" + breakdown);
+      print(impl, state_name, "load", file_bytes, seconds, peak_extra, 0, -1,
+            ", \"cache\": \"" + cache + "\"" + breakdown);
       return 0;
     }
 

@@ -1111,6 +1111,24 @@ TEST_F(CheckpointTest, ACorruptTensorRecordFailsItsChecksum) {
   EXPECT_NE(message.find(", the zip directory says "), std::string::npos) << message;
 }
 
+// Records from 8 MiB are checked in pieces on several threads, their CRCs combined: a flipped bit in the last
+// piece of a 24 MiB record (the piece another thread checks) is found, and an intact one loads.
+TEST_F(CheckpointTest, ACorruptLargeRecordFailsItsChecksumInAnyPiece) {
+  const at::Tensor w = at::arange(6 << 20, at::kFloat);  // 24 MiB
+  save(Value::dict({{"w", w}}), path("large.pt"));
+  EXPECT_TRUE(load(path("large.pt")).at("w").to_tensor().equal(w));
+  std::string bytes = read_file("large.pt");
+  const float last = static_cast<float>((6 << 20) - 2);
+  std::string needle(4, '\0');
+  std::memcpy(&needle[0], &last, 4);
+  const size_t at = bytes.rfind(needle);
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + 1] ^= 0x10;
+  write_file("flipped_large.pt", bytes);
+  const std::string message = checkpoint_error([&] { load(path("flipped_large.pt")); });
+  EXPECT_NE(message.find("record 'data/0' is corrupt (its CRC-32 is "), std::string::npos) << message;
+}
+
 TEST_F(CheckpointTest, LoadFromMemoryReadsTheSameObject) {
   save(make_cpp_object(), path("obj.pt"));
   const std::string bytes = read_file("obj.pt");
