@@ -38,4 +38,6 @@ void report_ranks_ready() { send_to_ddprun(kReadyMessage); }
 
 void report_job_aborting() { send_to_ddprun(kAbortingMessage); }
 
+void report_job_preempted() { send_to_ddprun(kPreemptedMessage); }
+
 }  // namespace ddprun::comm

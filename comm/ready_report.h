@@ -11,5 +11,7 @@ void report_ranks_ready();
 // Says that this rank is about to abort the job (kAbortingMessage), the same way: if the launcher cannot end the
 // job (a node it cannot reach), ddprun does.
 void report_job_aborting();
+// Says that this rank exits with kExitPreempted after an agreed preemption (kPreemptedMessage), the same way.
+void report_job_preempted();
 
 }  // namespace ddprun::comm

@@ -65,6 +65,7 @@ ReadyChannel::Reports ReadyChannel::receive() {
     const std::string said(text, static_cast<size_t>(n));
     reports.ready = reports.ready || said == kReadyMessage;
     reports.aborting = reports.aborting || said == kAbortingMessage;
+    reports.preempted = reports.preempted || said == kPreemptedMessage;
   }
   return reports;
 }

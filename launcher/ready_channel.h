@@ -22,8 +22,9 @@ class ReadyChannel {
   const std::string& address() const { return address_; }
   // What the datagrams waiting said (only those from processes of this user count).
   struct Reports {
-    bool ready = false;     // rank 0: every rank catches its preemption signals
-    bool aborting = false;  // a rank is about to abort the job
+    bool ready = false;      // rank 0: every rank catches its preemption signals
+    bool aborting = false;   // a rank is about to abort the job
+    bool preempted = false;  // a rank exits with kExitPreempted after an agreed preemption
   };
   // Reads every datagram waiting.
   Reports receive();

@@ -100,10 +100,10 @@ std::string describe(const JobEnd& end) {
   return "exit code " + std::to_string(code) + (what.empty() ? "" : " (" + what + ")");
 }
 
-Decision decide(const JobEnd& end, bool signalled, int restart, int max_restarts) {
+Decision decide(const JobEnd& end, bool signalled, int restart, int max_restarts, bool ranks_preempted) {
   const int code = exit_code_of(end);
   if (code == 0) return Decision::Finished;
-  if (code == kExitPreempted) return Decision::Preempted;
+  if (code == kExitPreempted || (signalled && ranks_preempted)) return Decision::Preempted;
   if (signalled) return Decision::Stopped;
   if (code == kExitUsage || code == kExitSetUpFailed || code == kExitDiverged) return Decision::Final;
   return restart < max_restarts ? Decision::Restart : Decision::GiveUp;
@@ -150,6 +150,7 @@ struct RunResult {
   Clock::time_point first_signal_at;  // when the first of them came
   std::vector<int> never_passed;      // held for ranks that never became ready
   bool launcher_ended = false;        // ddprun ended a launcher that did not end an aborted job
+  bool ranks_preempted = false;       // a rank reported exiting with kExitPreempted
 };
 
 // Reaps every exited child; true (and `status`) when `child` was one of them.
@@ -219,6 +220,7 @@ RunResult watch_run(pid_t child, const SignalQueue& signals, ReadyChannel& ready
       if (reports.ready && !ranks_ready)
         release("until the ranks were ready, " + seconds_text(std::round(seconds_since(start) * 100) / 100) +
                 " after the start");
+      result.ranks_preempted = result.ranks_preempted || reports.preempted;
       if (reports.aborting && !aborting) {
         aborting = true;
         aborting_since = Clock::now();
@@ -318,7 +320,8 @@ int supervise(const SupervisorOptions& options, const std::function<std::vector<
           "were ready for it");
     const int code = exit_code_of(end);
     codes += (codes.empty() ? "" : ", ") + std::to_string(code);
-    switch (decide(end, signalled != 0, restart, options.max_restarts)) {
+    const bool ranks_preempted = run.ranks_preempted || ready.receive().preempted;  // a report next to the exit
+    switch (decide(end, signalled != 0, restart, options.max_restarts, ranks_preempted)) {
       case Decision::Finished:
         if (restart > 0) say("the job finished after " + std::to_string(restart) + " restart(s)");
         return 0;

@@ -38,7 +38,9 @@ struct JobEnd {
 enum class Decision { Finished, Preempted, Stopped, Final, Restart, GiveUp };
 
 // `signalled`: ddprun passed a signal on during this run (someone asked the job to stop).
-Decision decide(const JobEnd& end, bool signalled, int restart, int max_restarts);
+// `ranks_preempted`: a rank reported that it exits with kExitPreempted (the launcher's own code may then be another,
+// say 143 when srun ended the slower ranks).
+Decision decide(const JobEnd& end, bool signalled, int restart, int max_restarts, bool ranks_preempted = false);
 
 // The exit code ddprun reports for `end` (128 + N when killed by signal N).
 int exit_code_of(const JobEnd& end);

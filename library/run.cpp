@@ -4,6 +4,7 @@
 #include "comm/agreement.h"
 #include "comm/communicator.h"
 #include "comm/launch_environment.h"
+#include "comm/ready_report.h"
 #include "ddprun/errors.h"
 #include "ddprun/process_group.h"
 #include "library/current_group.h"
@@ -80,7 +81,9 @@ int report(int exit_code, int failed_rank, const std::string& message) {
 
 int run_main(int argc, char** argv, const std::function<int(int argc, char** argv)>& main) {
   try {
-    return main(argc, argv);
+    const int code = main(argc, argv);
+    if (code == kExitPreempted) comm::report_job_preempted();  // ddprun: preempted, whatever the launcher does next
+    return code;
   } catch (const Error& e) {
     return report(e.exit_code(), e.failed_rank(), comm::error_message(e));
   } catch (const std::exception& e) {

@@ -25,6 +25,10 @@ constexpr const char* kReadyMessage = "ready";
 // What a rank on ddprun's node sends there just before it aborts the job (MPI_Abort): if the launcher has not ended
 // the job a few seconds later (mpirun waits for a node it can no longer reach), ddprun ends it.
 constexpr const char* kAbortingMessage = "aborting";
+// ... and one a rank sends as it exits with kExitPreempted after the ranks agreed on a preemption and saved (run_main
+// sends it): the job was preempted even if the launcher then ends slower ranks itself (srun --kill-on-bad-exit
+// terminating the other node's ranks as the first exits with 75).
+constexpr const char* kPreemptedMessage = "preempted";
 // The longest collective timeout, in seconds (a week): for DDPRUN_COMM_TIMEOUT, ProcessGroupOptions::timeout_seconds
 // and ddptrain's --comm-timeout alike.
 constexpr double kMaxCommTimeoutSeconds = 7 * 24 * 3600;

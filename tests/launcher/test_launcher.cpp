@@ -324,6 +324,8 @@ TEST(Supervisor, DecidesWhatComesAfterAJob) {
   EXPECT_EQ(decide({false, 75}, false, 0, 3), Decision::Preempted);
   EXPECT_EQ(decide({false, 75}, true, 0, 3), Decision::Preempted);  // preempted by the signal ddprun passed on
   EXPECT_EQ(decide({false, 137}, true, 0, 3), Decision::Stopped);   // someone asked it to stop
+  // srun --kill-on-bad-exit ended the other node's ranks as the first ones exited with 75 after saving
+  EXPECT_EQ(decide({false, 143}, true, 0, 3, /*ranks_preempted=*/true), Decision::Preempted);
   EXPECT_EQ(decide({false, 2}, false, 0, 3), Decision::Final);      // bad flags
   EXPECT_EQ(decide({false, 3}, false, 0, 3), Decision::Final);      // failed before training started
   EXPECT_EQ(decide({false, 4}, false, 0, 3), Decision::Final);      // diverged: a restart would repeat it
