@@ -4,7 +4,8 @@
 # --resume auto ends bit-identical to an uninterrupted run, model_ema and scaler included, and so does resnet18 with
 # --sync-bn on top; Python's train.py objects
 # load ddptrain's checkpoint (load_state_dict of model, model_ema, optimizer, lr_scheduler, scaler) and train on;
-# ddptrain resumes a checkpoint Python wrote, its scaler and average continuing where Python left them.
+# ddptrain resumes a checkpoint Python wrote, its scaler and average continuing where Python left them; --test-only
+# scores the average beside the model.
 set -euo pipefail
 bin=$1
 . "$(dirname "$0")/common.sh"
@@ -26,6 +27,12 @@ run "$work/ref" > "$work/ref.out" 2>&1 || fail "the run failed: $(cat "$work/ref
 grep -q "ema: test_acc1 .*amp scale" "$work/ref.out" || fail "no EMA accuracy or scale in the epoch line: $(cat "$work/ref.out")"
 [ "$(grep -c '"test_acc1_ema": [0-9.]*, "test_acc5_ema": [0-9.]*, "amp_scale": [0-9.]*, "amp_skipped_steps": 0' \
   "$work/ref/metrics.jsonl")" -eq 2 ] || fail "metrics.jsonl lacks the EMA's accuracy or the scale: $(cat "$work/ref/metrics.jsonl")"
+
+# --test-only scores the checkpoint's average too, on the same line.
+mpirun --oversubscribe -np 2 "$bin/ddptrain" "${common[@]}" "${model[@]}" --output-dir "$work/ref" --test-only \
+  --resume "$work/ref/checkpoint.pth" > "$work/test_only.out" 2>&1 || fail "--test-only failed: $(cat "$work/test_only.out")"
+grep -qE "^ddptrain: --test-only: .*test_acc1 [0-9.]+%  test_acc5 [0-9.]+%  ema: test_acc1 [0-9.]+%  test_acc5 [0-9.]+%$" \
+  "$work/test_only.out" || fail "--test-only did not score the average: $(cat "$work/test_only.out")"
 
 for stop in 3 8; do  # in the warm-up epoch (n_averaged is zeroed there), and in epoch 1
   dir="$work/stop$stop"
