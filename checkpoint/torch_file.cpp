@@ -1,6 +1,7 @@
 // The zip container of torch.save files: save() pickles a Value and writes data.pkl plus one record per storage
 // through PyTorchStreamWriter into atomic files (atomic_file.h); load() reads and checks the zip directory with pread,
-// then maps the file, checks every record's CRC-32, and unpickles data.pkl, each storage pointing at its record.
+// reads every record once to check its CRC-32, then maps the file and unpickles data.pkl, each storage pointing at
+// its record.
 #include "checkpoint/torch_file.h"
 
 #include "checkpoint/pickle_reader.h"
@@ -26,6 +27,7 @@
 #include <string>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 namespace ddprun::checkpoint {
 namespace {
@@ -42,11 +44,11 @@ std::string message_of(const std::exception& e) {
   return m;
 }
 
-// Reads `size` bytes at the start of `fd` into `buffer`; false (errno set) when it cannot.
-bool read_whole(int fd, char* buffer, size_t size) {
+// Reads `size` bytes at `offset` of `fd` into `buffer`; false (errno set) when it cannot.
+bool read_at(int fd, char* buffer, size_t size, uint64_t offset) {
   size_t done = 0;
   while (done < size) {
-    const ssize_t r = ::pread(fd, buffer + done, size - done, static_cast<off_t>(done));
+    const ssize_t r = ::pread(fd, buffer + done, size - done, static_cast<off_t>(offset + done));
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) {
       if (r == 0) errno = EIO;  // the file shrank
@@ -112,20 +114,56 @@ void write_storage(PyTorchStreamWriter& zip, const StorageRecord& record) {
   zip.writeRecord(name, nbytes != 0 ? cpu.data_ptr() : &kEmpty, nbytes);
 }
 
-// The bytes of record `name`, checked against the CRC-32 the zip directory gives for it.
+// Refuses record `name` when `actual`, the CRC-32 of its bytes, is not the one the zip directory gives.
+void check_crc(const std::string& name, const ZipRecord& record, uint32_t actual) {
+  if (actual == record.crc32) return;
+  char text[96];
+  std::snprintf(text, sizeof text, "its CRC-32 is %08x, the zip directory says %08x", actual, record.crc32);
+  throw std::runtime_error("record '" + name + "' is corrupt (" + text + ")");
+}
+
+// The bytes of record `name`, checked against the CRC-32 the zip directory gives for it unless `verified` (every
+// record was checked already).
 std::pair<const char*, size_t> record_bytes(const char* file, const std::unordered_map<std::string, ZipRecord>& records,
-                                            const std::string& name) {
+                                            const std::string& name, bool verified) {
   const auto found = records.find(name);
   if (found == records.end()) throw std::runtime_error("record '" + name + "' is missing");
   const ZipRecord& record = found->second;  // stored, within the file (read_torch_archive checked)
   const char* data = file + record.data_offset;
-  const uint32_t actual = crc32_of(data, record.size);
-  if (actual != record.crc32) {
-    char text[96];
-    std::snprintf(text, sizeof text, "its CRC-32 is %08x, the zip directory says %08x", actual, record.crc32);
-    throw std::runtime_error("record '" + name + "' is corrupt (" + text + ")");
-  }
+  if (!verified) check_crc(name, record, crc32_of(data, record.size));
   return {data, static_cast<size_t>(record.size)};
+}
+
+// Whether the file behind `fd` is still the one `before` describes (an in-place write changes its times or size).
+bool unchanged(int fd, const struct stat& before) {
+  struct stat now {};
+  return ::fstat(fd, &now) == 0 && now.st_size == before.st_size && now.st_mtim.tv_sec == before.st_mtim.tv_sec &&
+         now.st_mtim.tv_nsec == before.st_mtim.tv_nsec && now.st_ctim.tv_sec == before.st_ctim.tv_sec &&
+         now.st_ctim.tv_nsec == before.st_ctim.tv_nsec;
+}
+
+// Reads every record of the file once, in file order, through a small buffer, and checks its CRC-32: the check costs
+// one sequential read (from the disk when the file is cold, after which its pages are cached for what follows),
+// without mapping a page or touching fresh memory. Throws std::runtime_error naming the first corrupt record.
+void verify_records(int fd, const TorchArchive& archive) {
+  std::vector<std::pair<const std::string*, const ZipRecord*>> order;
+  order.reserve(archive.records.size());
+  for (const auto& [name, record] : archive.records) order.emplace_back(&name, &record);
+  std::sort(order.begin(), order.end(),
+            [](const auto& a, const auto& b) { return a.second->data_offset < b.second->data_offset; });
+  constexpr size_t kChunk = size_t{1} << 20;  // stays in the core's cache between the read and the check
+  std::unique_ptr<char[]> buffer(new char[kChunk]);
+  for (const auto& [name, record] : order) {
+    uint32_t crc = 0;
+    for (uint64_t done = 0; done < record->size;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, record->size - done));
+      if (!read_at(fd, buffer.get(), n, record->data_offset + done))
+        throw std::runtime_error("record '" + *name + "' cannot be read: " + errno_text(errno));
+      crc = crc32_update(crc, buffer.get(), n);
+      done += n;
+    }
+    check_crc(*name, *record, crc);
+  }
 }
 
 // A DataPtr into memory that `owner` keeps alive (a mapped file): the storage holds a reference to it.
@@ -151,15 +189,15 @@ TorchArchive read_archive(const caffe2::serialize::ReadAdapterInterface& source,
 
 // Unpickles data.pkl of the zip in [file, file + size), whose directory is `archive`, building each storage from its
 // record: pointing into the file's memory when `owner` keeps that memory alive (a private mapping: writes to the
-// tensors stay in the process), else copied.
+// tensors stay in the process), else copied. `verified`: every record's CRC-32 was checked already (verify_records).
 Value load_zip(const char* file, size_t size, const TorchArchive& archive, const std::shared_ptr<void>& owner,
-               const std::string& name, const MapLocation& map_location) {
+               bool verified, const std::string& name, const MapLocation& map_location) {
   const std::string prefix = "cannot read checkpoint '" + name + "': ";
   const std::unordered_map<std::string, ZipRecord>& records = archive.records;
   try {
     if (records.count("data.pkl") == 0)
       throw std::runtime_error("it has no data.pkl record (not written by torch.save)");
-    const auto [pickle, pickle_size] = record_bytes(file, records, "data.pkl");
+    const auto [pickle, pickle_size] = record_bytes(file, records, "data.pkl", verified);
     const StorageLoader loader = [&](const std::string& key, const std::string& location, c10::ScalarType dtype,
                                      int64_t numel) {
       const std::string record = "data/" + key;
@@ -170,7 +208,7 @@ Value load_zip(const char* file, size_t size, const TorchArchive& archive, const
                                  " elements, more than the file holds");
       }
       const c10::Device device = map_location.device_for(location);
-      const auto [data, data_size] = record_bytes(file, records, record);
+      const auto [data, data_size] = record_bytes(file, records, record, verified);
       if (data_size < nbytes) {
         throw std::runtime_error("record '" + record + "' is truncated: it holds " + std::to_string(data_size) +
                                  " bytes, the pickle needs " + std::to_string(nbytes));
@@ -319,7 +357,7 @@ OpenCheckpoint open_checkpoint(const std::string& path) {
 at::Tensor read_checkpoint_bytes(const std::string& path) {
   OpenCheckpoint file = open_checkpoint(path);
   at::Tensor bytes = at::empty({static_cast<int64_t>(file.size)}, at::kByte);
-  const bool ok = file.size == 0 || read_whole(file.fd, static_cast<char*>(bytes.data_ptr()), file.size);
+  const bool ok = file.size == 0 || read_at(file.fd, static_cast<char*>(bytes.data_ptr()), file.size, 0);
   const int err = errno;
   ::close(file.fd);
   if (!ok) throw CheckpointError("cannot read checkpoint '" + path + "': read failed: " + errno_text(err));
@@ -329,16 +367,26 @@ at::Tensor read_checkpoint_bytes(const std::string& path) {
 Value load(const std::string& path, const MapLocation& map_location) {
   const std::string prefix = "cannot read checkpoint '" + path + "': ";
   OpenCheckpoint file = open_checkpoint(path);
-  const int fd = file.fd;
+  const std::shared_ptr<int> fd(new int(file.fd), [](const int* f) {
+    ::close(*f);
+    delete f;
+  });
   const size_t size = file.size;
   const TorchArchive archive = std::move(file.archive);
-  // Then the file mapped privately: read-only with MAP_POPULATE, so the kernel reads it into the page cache and maps
-  // those pages (no copy: a writable private mapping would populate by copying every page into fresh memory), then
-  // made writable, so that a tensor written later gets a private copy of the pages it writes, and only those.
-  // Where a file cannot be mapped, it is read into one buffer that the tensors point into instead.
+  struct stat checked {};
+  if (::fstat(*fd, &checked) != 0) throw CheckpointError(prefix + errno_text(errno));
+  try {
+    verify_records(*fd, archive);
+  } catch (const std::exception& e) {
+    throw CheckpointError(prefix + message_of(e));
+  }
+  // Then the file mapped privately: read-only with MAP_POPULATE, so the kernel maps the page cache's pages, which the
+  // check just filled (no copy: a writable private mapping would populate by copying every page), then made writable,
+  // so that a tensor written later gets a private copy of the pages it writes, and only those. Where a file cannot be
+  // mapped, it is read into one buffer that the tensors point into.
   std::shared_ptr<void> owner;
   if (size > 0) {
-    void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, *fd, 0);
     if (mapped != MAP_FAILED && ::mprotect(mapped, size, PROT_READ | PROT_WRITE) != 0) {
       ::munmap(mapped, size);
       mapped = MAP_FAILED;
@@ -347,21 +395,21 @@ Value load(const std::string& path, const MapLocation& map_location) {
       owner = std::shared_ptr<void>(mapped, [size](void* p) { ::munmap(p, size); });
     } else {
       std::shared_ptr<char> buffer(new char[size], std::default_delete<char[]>());
-      if (!read_whole(fd, buffer.get(), size)) {
-        const int err = errno;
-        ::close(fd);
-        throw CheckpointError(prefix + "read failed: " + errno_text(err));
-      }
+      if (!read_at(*fd, buffer.get(), size, 0)) throw CheckpointError(prefix + "read failed: " + errno_text(errno));
       owner = buffer;
     }
   }
-  ::close(fd);
-  return load_zip(static_cast<const char*>(owner.get()), size, archive, owner, path, map_location);
+  Value value = load_zip(static_cast<const char*>(owner.get()), size, archive, owner, true, path, map_location);
+  // The records are the ones checked unless the file was written in place since (ddprun's saves never do: they
+  // rename a new file over it); an in-place write changes its times.
+  if (!unchanged(*fd, checked))
+    throw CheckpointError(prefix + "the file was written in place while it was being loaded; load it again");
+  return value;
 }
 
 Value load_from_memory(const void* data, size_t size, const std::string& name, const MapLocation& map_location) {
   const TorchArchive archive = read_archive(MemorySource(data, size), name);
-  return load_zip(static_cast<const char*>(data), size, archive, nullptr, name, map_location);
+  return load_zip(static_cast<const char*>(data), size, archive, nullptr, false, name, map_location);
 }
 
 }  // namespace ddprun::checkpoint

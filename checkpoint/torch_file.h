@@ -52,11 +52,13 @@ void save_as(const Value& object, const std::vector<std::string>& paths, const W
 
 // Reads a file written by save() or by Python's torch.save, refusing any pickle global or opcode that
 // weights_only=True would refuse, any record whose CRC-32 does not match, and any zip that torch.load would read
-// differently (zip_directory.h). The zip directory is read and checked first, then the file is mapped privately: the
-// kernel reads it into the page cache, CPU storages point at their records there, and a tensor written later gets
-// private copies of the pages it writes (the file never changes); no byte is copied into fresh memory by the load
-// itself. data.pkl may take at most the memory budget of pickle_reader.h. Storages go to the device `map_location`
-// gives for where each was saved. Throws CheckpointError naming the path.
+// differently (zip_directory.h). The zip directory is read and checked first, then every record is read once with
+// pread through a small buffer and its CRC-32 checked (one sequential read, which leaves the file in the page cache),
+// then the file is mapped privately: CPU storages point at their records there (a tensor written later gets private
+// copies of the pages it writes, the file never changes), and no byte is copied into fresh memory by the load itself.
+// A file written in place meanwhile is refused. data.pkl may take at
+// most the memory budget of pickle_reader.h. Storages go to the device `map_location` gives for where each was saved.
+// Throws CheckpointError naming the path.
 Value load(const std::string& path, const MapLocation& map_location = MapLocation());
 
 // The bytes of the checkpoint file at `path`, after the checks load() makes before it reads anything (a regular

@@ -38,5 +38,8 @@ constexpr uint64_t kMaxZipEntries = uint64_t{1} << 20;
 
 // The CRC-32 (zip's, zlib's) of `size` bytes.
 uint32_t crc32_of(const void* data, size_t size);
+// The CRC-32 of the bytes so far (`crc`, 0 for none) followed by `size` more: crc32_of(a + b) ==
+// crc32_update(crc32_of(a), b).
+uint32_t crc32_update(uint32_t crc, const void* data, size_t size);
 
 }  // namespace ddprun::checkpoint

@@ -24,13 +24,13 @@ dataset=$prepared/fashion-mnist
 
 # Open MPI and what its libraries and launch components need (ldd; the InfiniBand, UCX, OFI and PSM transports are
 # left out: one node needs only shared memory), GoogleTest, Boost.Program_options (headers come with libboost1.74-dev,
-# 9 MiB), zlib.
+# 9 MiB), zlib, ISA-L.
 packages=(
   openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev libpmix2 libhwloc15 libevent-core-2.1-7
   libevent-pthreads-2.1-7 libudev1 libnl-3-200 libmunge2
   libgtest-dev
   libboost-program-options1.74-dev libboost-program-options1.74.0 libboost1.74-dev
-  zlib1g zlib1g-dev
+  zlib1g zlib1g-dev libisal2 libisal-dev
 )
 # The subset of Fashion-MNIST that the training run needs (it reads 2048 + 512 samples).
 train_samples=8192
@@ -162,7 +162,8 @@ EOF
   [ -n "$torch_prefix" ] && [ -d "$torch_prefix" ] && [ -n "$cuda_root" ]
 }
 
-# Which of MPI, GoogleTest, Boost.Program_options and zlib CMake finds on this system ("MPI GTest" = those missing).
+# Which of MPI, GoogleTest, Boost.Program_options, zlib and ISA-L CMake finds on this system ("MPI GTest" = those
+# missing).
 probe_system() {
   local dir=$deps/probe
   mkdir -p "$dir"
@@ -173,7 +174,12 @@ find_package(MPI COMPONENTS C QUIET)
 find_package(GTest QUIET)
 find_package(Boost QUIET COMPONENTS program_options)
 find_package(ZLIB QUIET)
+find_path(ISAL_INCLUDE_DIR isa-l/crc.h)
+find_library(ISAL_LIBRARY isal)
 set(missing "")
+if(NOT ISAL_INCLUDE_DIR OR NOT ISAL_LIBRARY)
+  list(APPEND missing ISAL)
+endif()
 if(NOT MPI_C_FOUND OR NOT MPIEXEC_EXECUTABLE)
   list(APPEND missing MPI)
 endif()
@@ -188,9 +194,9 @@ EOF
   rm -rf "$dir/build"
   cmake -S "$dir" -B "$dir/build" >"$log_dir/probe.log" 2>&1 || true
   if [ "${GPU_CHECK_FORCE_DEBS:-0}" = 1 ]; then
-    echo "MPI GTest Boost ZLIB"
+    echo "MPI GTest Boost ZLIB ISAL"
   else
-    cat "$dir/build/missing.txt" 2>/dev/null || echo "MPI GTest Boost ZLIB"
+    cat "$dir/build/missing.txt" 2>/dev/null || echo "MPI GTest Boost ZLIB ISAL"
   fi
 }
 
@@ -277,6 +283,7 @@ use_unpacked() {
   [[ " $missing " != *" GTest "* ]] || cmake_args+=(-DGTest_DIR="$libdir/cmake/GTest")
   [[ " $missing " != *" Boost "* ]] || cmake_args+=(-DBoost_DIR="$libdir/cmake/Boost-1.74.0")
   [[ " $missing " != *" ZLIB "* ]] || cmake_args+=(-DZLIB_INCLUDE_DIR="$usr/include" -DZLIB_LIBRARY="$libdir/libz.so")
+  [[ " $missing " != *" ISAL "* ]] || cmake_args+=(-DISAL_INCLUDE_DIR="$usr/include" -DISAL_LIBRARY="$libdir/libisal.so")
 }
 
 # Every test of a binary ran (none skipped for want of a GPU).

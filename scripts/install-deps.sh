@@ -10,6 +10,7 @@ packages=(
   libboost-program-options-dev    # ddptrain's flags and --config INI files
   libgtest-dev googletest         # unit and multi-rank tests
   zlib1g-dev                      # gzipped IDX files
+  libisal-dev                     # ISA-L: the checkpoint reader's CRC-32 (about 10x zlib's)
   dataset-fashion-mnist           # the real data set, IDX format
   libopenblas0-openmp             # an optimized BLAS behind libblas.so.3 (the reference one is many times slower)
   python3-torch python3-torchvision  # tests that read our checkpoints with Python's torch.load

@@ -1111,8 +1111,8 @@ TEST_F(CheckpointTest, ACorruptTensorRecordFailsItsChecksum) {
   EXPECT_NE(message.find(", the zip directory says "), std::string::npos) << message;
 }
 
-// Records from 8 MiB are checked in pieces on several threads, their CRCs combined: a flipped bit in the last
-// piece of a 24 MiB record (the piece another thread checks) is found, and an intact one loads.
+// load() reads each record in 1 MiB pieces and chains their CRC-32s: a flipped bit in the last piece of a 24 MiB
+// record is found, and an intact one loads.
 TEST_F(CheckpointTest, ACorruptLargeRecordFailsItsChecksumInAnyPiece) {
   const at::Tensor w = at::arange(6 << 20, at::kFloat);  // 24 MiB
   save(Value::dict({{"w", w}}), path("large.pt"));
