@@ -17,12 +17,13 @@
 // raw: the bytes of the file ddprun writes, written with plain write() and fsync() and read back with read() into one
 // buffer: the disk's ceiling.
 // Prints one JSON object per op: {"impl", "state", "op", "bytes", "seconds", "GBps", "peak_extra_bytes", "stall_s"},
-// for a load also "cache" and, for ddprun, where the time went: "load_s" (checkpoint::load: the directory, the
-// mapping, the CRC-32 of every record, the unpickling), "copy_s" (into the destination) and "crc_s" (the CRC-32 of
-// the file's bytes alone, measured after, in memory: the part of load_s the check costs).
-// peak_extra_bytes: the process's peak resident memory during the op above what it held before (for a load, the
-// destination is held before; a mapped file's pages count; for ddprun-async, "before" already holds the snapshot
-// buffers kept from the first save, which are the size of the state).
+// for a load also "cache" and, for ddprun, where the time went: "load_s" (checkpoint::load: the directory, one read
+// of every record through a small buffer with its CRC-32, the mapping, the unpickling), "copy_s" (each tensor
+// copied from the mapping into its destination: the mapping's pages are mapped then) and "crc_s" (the CRC-32 of the
+// file's bytes alone, measured after on 64 MiB pieces in memory: the part of load_s the check costs). peak_extra_bytes:
+// the process's peak resident memory during the op above what it held before (for a load, the destination is held
+// before; a mapped file's pages count; for ddprun-async, "before" already holds the snapshot buffers kept from the
+// first save, which are the size of the state).
 #include "checkpoint/async_saver.h"
 #include "checkpoint/module_state.h"
 #include "checkpoint/torch_file.h"
@@ -31,11 +32,11 @@
 #include "trainer/host_memory.h"
 #include "trainer/models.h"
 
+#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/nll_loss.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/optim/sgd.h>
 #include <torch/utils.h>
 
@@ -142,6 +143,21 @@ double raw_save(const char* bytes, size_t size, const std::string& target) {
   return since(start);
 }
 
+// The whole file read once through a 64 MiB buffer (kept, so no fresh memory is touched): its pages are then in the
+// page cache, recently used. `each` sees every piece.
+void read_through(const std::string& path, const std::function<void(const char*, size_t)>& each = nullptr) {
+  static std::unique_ptr<char[]> buffer(new char[size_t{64} << 20]);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die("cannot open " + path + ": " + std::strerror(errno));
+  for (;;) {
+    const ssize_t r = ::read(fd, buffer.get(), size_t{64} << 20);
+    if (r < 0) die("read " + path + ": " + std::strerror(errno));
+    if (r == 0) break;
+    if (each) each(buffer.get(), static_cast<size_t>(r));
+  }
+  ::close(fd);
+}
+
 // The whole file read with read() into `into` (size bytes).
 void read_into(const std::string& path, char* into, size_t size) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -162,6 +178,10 @@ double raw_load(const std::string& path, std::unique_ptr<char[]>& into, size_t& 
   read_into(path, into.get(), size);
   return since(start);
 }
+
+// A destination tensor shaped and typed like `t`, holding other values than `t`, no two pages alike, as a resume's
+// freshly initialized model and optimizer do.
+at::Tensor distinct_values(const at::Tensor& t) { return t.is_floating_point() ? t.mul(-0.5).add(1) : t.add(1); }
 
 // The tensors of a loaded state, in a fixed order.
 void tensors_of(const Value& v, std::vector<at::Tensor>& out) {
@@ -211,28 +231,27 @@ int main(int argc, char** argv) {
       if (file_bytes < 0) die("no " + path + ": run --op save --impl " + impl + " first");
       const auto size = static_cast<size_t>(file_bytes);
       // The destination, written before the clock starts, as a resume's model and optimizer are.
-      std::unique_ptr<char[]> raw_destination;
+      at::Tensor raw_destination;  // from the same allocator as ddprun's destination
       std::vector<at::Tensor> destination;
       if (impl == "raw") {
-        raw_destination.reset(new char[size]);
-        std::memset(raw_destination.get(), 0, size);
+        // 8-byte counters: every page differs, as an initialized model's do (see distinct_values).
+        raw_destination = distinct_values(at::arange(static_cast<int64_t>((size + 7) / 8), at::kLong));
       } else {
         std::vector<at::Tensor> saved;
         tensors_of(ddprun::checkpoint::load(path), saved);
-        for (const at::Tensor& t : saved) destination.push_back(at::zeros_like(t));
+        for (const at::Tensor& t : saved) destination.push_back(distinct_values(t));
       }
       if (cache == "cold") {
         drop_from_page_cache(path);
       } else {
-        std::unique_ptr<char[]> once(new char[size]);
-        read_into(path, once.get(), size);
+        read_through(path);
       }
       reset_peak();
       const int64_t before = status_bytes("VmRSS");
       const auto start = Clock::now();
       std::string breakdown;
       if (impl == "raw") {
-        read_into(path, raw_destination.get(), size);
+        read_into(path, static_cast<char*>(raw_destination.data_ptr()), size);
       } else {
         const Value loaded = ddprun::checkpoint::load(path);
         const double load_s = since(start);
@@ -246,12 +265,14 @@ int main(int argc, char** argv) {
       const double seconds = since(start);
       const int64_t peak_extra = status_bytes("VmHWM") - before;
       if (impl != "raw") {  // the check alone, on the file's bytes in memory
-        std::unique_ptr<char[]> bytes(new char[size]);
-        read_into(path, bytes.get(), size);
-        const auto crc_start = Clock::now();
-        volatile uint32_t crc = ddprun::checkpoint::crc32_of(bytes.get(), size);
-        (void)crc;
-        breakdown += ", \"crc_s\": " + std::to_string(since(crc_start));
+        double crc_s = 0;
+        volatile uint32_t crc = 0;
+        read_through(path, [&](const char* piece, size_t n) {
+          const auto crc_start = Clock::now();
+          crc = ddprun::checkpoint::crc32_update(crc, piece, n);
+          crc_s += since(crc_start);
+        });
+        breakdown += ", \"crc_s\": " + std::to_string(crc_s);
       }
       print(impl, state_name, "load", file_bytes, seconds, peak_extra, 0, -1,
             ", \"cache\": \"" + cache + "\"" + breakdown);

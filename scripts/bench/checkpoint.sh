@@ -127,8 +127,8 @@ for state in ("big", "resnet18"):
     for cache in ("cold", "warm"):
         op = "load-" + cache
         if ("ddprun", state, op) in groups:
-            print("  ddprun %s: load %.3f s (%s) = checkpoint::load %.3f s (of which the CRC-32 alone takes %.3f s) "
-                  "+ copy into the destination %.3f s" % (
+            print("  ddprun %s: load %.3f s (%s) = checkpoint::load %.3f s (one read of every record with its CRC-32, "
+                  "which alone takes %.3f s; the pickle) + copy from the mapping into the destination %.3f s" % (
                       op, med("ddprun", state, op, "seconds"), spread("ddprun", state, op, "seconds"),
                       med("ddprun", state, op, "load_s"), med("ddprun", state, op, "crc_s"),
                       med("ddprun", state, op, "copy_s")))
