@@ -1,5 +1,7 @@
-// --timeline FILE: one rank's steps as a Chrome trace (chrome://tracing, ui.perfetto.dev): forward, backward and the
-// optimizer step on one track, each bucket's all-reduce from ready to done on another, so overlap can be seen.
+// --timeline FILE: one rank's steps as a Chrome trace (chrome://tracing, ui.perfetto.dev): the batch (its samples
+// gathered and placed), forward, backward, the step check (the ranks' agreement on the loss and on stop signals) and
+// the optimizer step on one track, each bucket's all-reduce from ready to done on another, so overlap can be seen.
+// scripts/bench/timeline_summary.py sums a trace per step.
 #pragma once
 
 #include <chrono>

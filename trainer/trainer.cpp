@@ -399,6 +399,7 @@ class Run {
     const auto start = Clock::now();
     bool window_non_finite = false;  // a NaN/inf loss in the current accumulation window
     for (int64_t step = first_step; step < steps; ++step) {
+      const auto batch_start = Clock::now();
       const int64_t begin = step * o_.batch_size;
       const at::Tensor indices = order.narrow(0, begin, std::min<int64_t>(o_.batch_size, samples - begin));
       auto [images, labels] = make_batch(train_data_, indices);
@@ -435,6 +436,7 @@ class Run {
       // A step boundary: before the update, the ranks agree on what any of them saw (one small all-reduce): a NaN
       // or inf loss (the update would poison every rank's weights) and a preemption signal (acted on after it).
       bool update = steps_now;
+      const auto check_start = Clock::now();
       if (steps_now) {
         update = check_step(window_non_finite ? std::numeric_limits<double>::quiet_NaN() : loss_value, epoch, step);
         window_non_finite = false;
@@ -455,10 +457,12 @@ class Run {
       }
       if (timeline_.enabled()) {
         const std::string where = "\"epoch\": " + std::to_string(epoch) + ", \"step\": " + std::to_string(step);
+        timeline_.span("batch", Timeline::kCompute, batch_start, forward_start, where);
         timeline_.span("forward", Timeline::kCompute, forward_start, backward_start, where);
         timeline_.span("backward", Timeline::kCompute, backward_start, backward_end, where);
         if (steps_now && !ddp_)  // --grad-sync per-param: its all-reduces, after backward
-          timeline_.span("all-reduce per parameter", Timeline::kAllReduce, backward_end, step_start, where);
+          timeline_.span("all-reduce per parameter", Timeline::kAllReduce, backward_end, check_start, where);
+        if (steps_now) timeline_.span("step check", Timeline::kCompute, check_start, step_start, where);
         if (update) timeline_.span("optimizer step", Timeline::kCompute, step_start, Clock::now(), where);
       }
       if (std::isfinite(loss_value)) {  // a skipped step's loss stays out of the epoch's mean

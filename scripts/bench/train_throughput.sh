@@ -13,7 +13,8 @@
 # All run back to back in each repeat (ddprun and per-param in alternating order); a run's images/s is the median
 # over its epochs after the first (which pays for start-up and DDP's bucket rebuild). Prints each run, then per model
 # the medians and ranges over repeats, the paired ratios (per repeat) with the issue's targets, and one JSON line per
-# model and impl:
+# model and impl, after a step breakdown per model (scripts/bench/timeline_summary.py on one more ddptrain run's
+# --timeline, beside the compute-only step):
 #   {"impl": "ddprun"|"per-param"|"pytorch-ddp"|"compute-limit"|"compute-concurrent", "model": m, "ranks": 2, "images_per_sec": x, "test_acc1": a}
 #   (with --hosts: "ranks": N, "hosts": H before "images_per_sec")
 #   scripts/bench/train_throughput.sh [--repeats R] [--epochs E] [--models "mnist_cnn mlp resnet18"] [--quick]
@@ -145,5 +146,22 @@ for model in $models; do
     }
   done
 done
+# Where a ddptrain step's time goes (one more run per model, rank 0's --timeline), beside the compute-only step of
+# one process alone and of two at once (from the medians above): the ceiling on 2 shared cores is the latter.
+if [ -z "$hosts" ]; then
+  echo
+  for model in $models; do
+    rm -rf "$tmp/out"
+    "${mpirun[@]}" "$build/bin/ddptrain" --model "$model" -b 64 --epochs "$epochs" --train-limit "${samples[$model]}" \
+      --test-limit "$test_limit" --threads 1 --output-dir "$tmp/out" --timeline "$tmp/timeline.json" > /dev/null
+    breakdown=$("$python" scripts/bench/timeline_summary.py "$tmp/timeline.json")
+    alone=$(awk -v m="$model" '$1 == m && $2 == "compute-limit" { print "x", $4 }' "$tmp/results" |
+      awk -f scripts/bench/summarize.awk | cut -d' ' -f2)
+    both=$(awk -v m="$model" '$1 == m && $2 == "compute-concurrent" { print "x", $4 }' "$tmp/results" |
+      awk -f scripts/bench/summarize.awk | cut -d' ' -f2)
+    awk -v m="$model" -v b="$breakdown" -v a="$alone" -v c="$both" 'BEGIN {
+      printf "%-9s ddptrain %s; compute only: %.2f ms alone, %.2f ms two at once\n", m, b, 64000 / (a / 2), 64000 / (c / 2) }'
+  done
+fi
 echo
 printf '%b' "$json"

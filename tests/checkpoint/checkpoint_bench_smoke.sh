@@ -17,7 +17,7 @@ for state in big resnet18; do
   grep -q "save: ddprun / raw write+fsync" "$work/out" || fail "no save ratio"
   for cache in cold warm; do
     grep -q "load $cache: ddprun / raw read" "$work/out" || fail "no $cache load ratio"
-    grep -qE "ddprun load-$cache: load [0-9.]+ s \(.*\) = checkpoint::load [0-9.]+ s \(of which the CRC-32 alone takes [0-9.]+ s\) \+ copy into the destination [0-9.]+ s" \
+    grep -qE "ddprun load-$cache: load [0-9.]+ s \(.*\) = checkpoint::load [0-9.]+ s \(one read of every record with its CRC-32, which alone takes [0-9.]+ s; the pickle\) \+ copy from the mapping into the destination [0-9.]+ s" \
       "$work/out" || fail "no breakdown of the $cache load"
   done
 done

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# --timeline writes a Chrome trace of rank 0's steps: forward, backward and optimizer step per step, and per step
+# --timeline writes a Chrome trace of rank 0's steps: batch, forward, backward, step check and optimizer step per step
+# (in that order, none overlapping), and per step
 # every bucket's all-reduce (together all of mnist_cnn's gradient bytes), the first bucket going out while backward
 # still runs (the overlap the engine is for).
 set -euo pipefail
@@ -20,8 +21,10 @@ for e in spans:
         steps[e["args"]["step"]][e["name"]] = e
 assert len(steps) == 4, f"4 steps expected (512 images / 2 ranks / batch 64), got {len(steps)}"
 for step, names in steps.items():
-    assert set(names) == {"forward", "backward", "optimizer step"}, (step, sorted(names))
-    assert names["forward"]["ts"] <= names["backward"]["ts"] <= names["optimizer step"]["ts"], step
+    order = ["batch", "forward", "backward", "step check", "optimizer step"]
+    assert set(names) == set(order), (step, sorted(names))
+    for a, b in zip(order, order[1:]):
+        assert names[a]["ts"] + names[a]["dur"] <= names[b]["ts"] + 1, (step, a, b)  # 1 us of rounding
 assert len(buckets) == 4 * 2, f"mnist_cnn has 2 buckets per step, got {len(buckets)} bucket spans"
 per_step = [buckets[i:i + 2] for i in range(0, len(buckets), 2)]
 for spans_of_step in per_step:

@@ -19,5 +19,8 @@ for model in mnist_cnn mlp resnet18; do
   # Paired within the repeat whichever ran first (in repeat 1 ddprun runs first, in repeat 2 per-param).
   grep -qE "^$model  *ddprun / per-param  *median [0-9.]+ \(range [0-9.]+-[0-9.]+; per repeat [0-9.]+\)" "$work/out" ||
     fail "no per-repeat ratio to per-param for $model"
+  # The step breakdown from a --timeline run, beside the compute-only step.
+  grep -qE "^$model  *ddptrain step [0-9.]+ ms over [0-9]+ steps = batch [0-9.]+ \\+ forward [0-9.]+ \\+ backward [0-9.]+ \\+ step check [0-9.]+ \\+ optimizer step [0-9.]+ \\+ other -?[0-9.]+; compute only: [0-9.]+ ms alone, [0-9.]+ ms two at once$" \
+    "$work/out" || fail "no step breakdown for $model"
 done
 echo PASSED
