@@ -146,23 +146,19 @@ bool unchanged(int fd, const struct stat& before) {
 // one sequential read (from the disk when the file is cold, after which its pages are cached for what follows),
 // without mapping a page or touching fresh memory. Throws std::runtime_error naming the first corrupt record.
 void verify_records(int fd, const TorchArchive& archive) {
-  std::vector<std::pair<const std::string*, const ZipRecord*>> order;
-  order.reserve(archive.records.size());
-  for (const auto& [name, record] : archive.records) order.emplace_back(&name, &record);
-  std::sort(order.begin(), order.end(),
-            [](const auto& a, const auto& b) { return a.second->data_offset < b.second->data_offset; });
   constexpr size_t kChunk = size_t{1} << 20;  // stays in the core's cache between the read and the check
   std::unique_ptr<char[]> buffer(new char[kChunk]);
-  for (const auto& [name, record] : order) {
+  for (const std::string& name : archive.in_file_order) {  // records share no bytes: at most one read of the file
+    const ZipRecord& record = archive.records.at(name);
     uint32_t crc = 0;
-    for (uint64_t done = 0; done < record->size;) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, record->size - done));
-      if (!read_at(fd, buffer.get(), n, record->data_offset + done))
-        throw std::runtime_error("record '" + *name + "' cannot be read: " + errno_text(errno));
+    for (uint64_t done = 0; done < record.size;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, record.size - done));
+      if (!read_at(fd, buffer.get(), n, record.data_offset + done))
+        throw std::runtime_error("record '" + name + "' cannot be read: " + errno_text(errno));
       crc = crc32_update(crc, buffer.get(), n);
       done += n;
     }
-    check_crc(*name, *record, crc);
+    check_crc(name, record, crc);
   }
 }
 

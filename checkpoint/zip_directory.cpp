@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
+#include <tuple>
 #include <vector>
 
 namespace ddprun::checkpoint {
@@ -116,6 +117,22 @@ TorchArchive read_torch_archive(const caffe2::serialize::ReadAdapterInterface& z
     if (!archive.records.emplace(full.substr(slash + 1), record).second)
       throw std::runtime_error("the zip lists record '" + shown + "' twice; which one a reader takes is not defined");
     pos += 46 + name_length + extra_length + comment;
+  }
+
+  // No two records share bytes (torch.save writes each once, one after the other): the records' bytes then add up to
+  // at most the file's size, which bounds what load() reads to check them.
+  for (const auto& entry : archive.records) archive.in_file_order.push_back(entry.first);
+  const auto& records = archive.records;
+  std::sort(archive.in_file_order.begin(), archive.in_file_order.end(), [&records](const auto& a, const auto& b) {
+    return std::tie(records.at(a).data_offset, a) < std::tie(records.at(b).data_offset, b);
+  });
+  for (size_t i = 1; i < archive.in_file_order.size(); ++i) {
+    const std::string& before = archive.in_file_order[i - 1];
+    const std::string& after = archive.in_file_order[i];
+    if (records.at(before).data_offset + records.at(before).size > records.at(after).data_offset)
+      throw std::runtime_error("records '" + quoted_text(archive.folder + "/" + before) + "' and '" +
+                               quoted_text(archive.folder + "/" + after) +
+                               "' share bytes; torch.save writes each record apart");
   }
 
   // The format version, as PyTorchStreamReader reads it (".data/version" first), checked without inflating anything.

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace ddprun::checkpoint {
 
@@ -26,10 +27,12 @@ struct TorchArchive {
   uint64_t version = 0;  // the format version in its version record
   // Record name without the top folder, as PyTorchStreamReader names them ("data.pkl", "data/0") -> record.
   std::unordered_map<std::string, ZipRecord> records;
+  std::vector<std::string> in_file_order;  // the same names, by where their bytes start
 };
 
 // The zip directory of a torch.save file, checked: every entry within the file, in one top folder, none listed twice,
-// none compressed (torch.save stores; a compressed record could inflate to any size), at most kMaxZipEntries; a
+// none compressed (torch.save stores; a compressed record could inflate to any size), no two sharing bytes (so that
+// checking every record reads at most the file), at most kMaxZipEntries; a
 // version record ("version" or ".data/version") of a few digits, with its CRC-32, that LibTorch supports.
 // Throws std::runtime_error saying what is wrong.
 TorchArchive read_torch_archive(const caffe2::serialize::ReadAdapterInterface& zip);

@@ -9,6 +9,8 @@ for test_checkpoint's HostileZip tests (standard library only):
   no_version.pt      no version record
   future_version.pt  format version 99
   no_folder.pt       records at the top level
+  overlapping.pt     archive/data/0's directory entry points at archive/data.pkl's local header (its bytes cover
+                     data.pkl's and more): a million such entries would make a checker read the file a million times
 Usage: hostile_zips.py DIR"""
 import itertools
 import sys
@@ -46,6 +48,14 @@ def main(folder):
     write(f"{folder}/no_version.pt", plain[:1])
     write(f"{folder}/future_version.pt", [plain[0], ("archive/version", b"99\n", False)])
     write(f"{folder}/no_folder.pt", [("data.pkl", PICKLE, False), ("version", b"3\n", False)])
+    write(f"{folder}/overlapping.pt", plain + [("archive/data/0", b"\0" * 24, False)])
+    with open(f"{folder}/overlapping.pt", "r+b") as f:
+        data = bytearray(f.read())
+        entry = data.rindex(b"archive/data/0") - 46  # its central directory entry (after every local header)
+        assert data[entry:entry + 4] == b"PK\x01\x02"
+        data[entry + 42:entry + 46] = (0).to_bytes(4, "little")  # data.pkl's local header
+        f.seek(0)
+        f.write(data)
     return 0
 
 

@@ -874,6 +874,9 @@ TEST_F(CheckpointTest, HostileZipsAreRefusedFromTheirDirectory) {
             corrupt("future_version.pt", "its format version 99 is not one LibTorch reads (1 to 10)"));
   EXPECT_EQ(error("no_folder.pt"),
             corrupt("no_folder.pt", "record 'data.pkl' is not in a top folder, as torch.save writes every record"));
+  EXPECT_EQ(error("overlapping.pt"), corrupt("overlapping.pt",
+                                             "records 'archive/data.pkl' and 'archive/data/0' share bytes; torch.save "
+                                             "writes each record apart"));
 }
 
 TEST_F(CheckpointTest, ZipWithoutDataPkl) {
