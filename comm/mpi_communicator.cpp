@@ -9,6 +9,7 @@
 // and timeouts still abort the job, but the other ranks are not asked. Less than SERIALIZED is refused.
 #include "comm/communicator.h"
 #include "comm/open_mpi_settings.h"
+#include "comm/peer_status.h"
 #include "comm/ready_report.h"
 #include "comm/tensor_text.h"
 
@@ -21,6 +22,7 @@
 #include <mpi-ext.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <condition_variable>
 #include <cstdio>
@@ -29,7 +31,6 @@
 #include <deque>
 #include <mutex>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -461,13 +462,14 @@ class MpiCommunicator final : public Communicator {
       std::lock_guard<std::mutex> lock(queue_mutex_);
       issued = issued_;
     }
+    const uint64_t calls_before = calls_completed_.load();
     MPI_Request request;
     check(MPI_Iallgather(label.data(), kCallLabelBytes, MPI_CHAR, labels.data(), kCallLabelBytes, MPI_CHAR, calls_,
                          &request),
           "MPI_Iallgather");
-    // While it waits, asks the others twice a second where they are: one that sits in a collective this rank has not
-    // issued is waiting for this rank, which is waiting for it here: it skipped the call, and neither would ever
-    // return. One that stops answering has exited.
+    // While it waits, asks the others twice a second where they are: one that skipped the call (peer_skipped_call)
+    // is waiting for this rank, which is waiting for it here, and neither would ever return. One that stops answering
+    // has exited.
     const auto start = Clock::now();
     std::vector<Clock::time_point> last_answer(size_, start);
     uint64_t query = 0;
@@ -487,15 +489,12 @@ class MpiCommunicator final : public Communicator {
         const std::optional<std::string> reply = receive_text(kTagCallReply, source);
         if (!reply) break;
         last_answer[source] = Clock::now();
-        std::istringstream fields(*reply);
-        uint64_t their_query = 0, their_seq = 0;
-        int running = 0;
-        fields >> their_query >> their_seq >> running;
-        std::string what;
-        std::getline(fields >> std::ws, what);
-        if (running && their_seq > issued)
+        const size_t query_end = reply->find(' ');  // "<query number> <status>"
+        const std::optional<PeerStatus> theirs =
+            query_end == std::string::npos ? std::nullopt : parse_peer_status(reply->substr(query_end + 1));
+        if (theirs && peer_skipped_call(*theirs, issued, calls_before))
           throw CommError(call + ": rank " + std::to_string(source) + " will never make this call: it " + "waits in " +
-                              what + ", a collective rank " + std::to_string(rank_) +
+                              theirs->what + ", a collective rank " + std::to_string(rank_) +
                               " has not issued (the call was made on some ranks only; make it on every rank)",
                           -1, kExitUsage);
       }
@@ -508,6 +507,7 @@ class MpiCommunicator final : public Communicator {
         throw CommError(call + ": not every rank made this call within " + describe_duration(options_.timeout));
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
+    calls_completed_.fetch_add(1);  // before the caller can issue its next collective (see status_text)
     std::vector<std::string> calls;
     for (int r = 0; r < size_; ++r) calls.emplace_back(labels.data() + static_cast<size_t>(r) * kCallLabelBytes);
     return calls;
@@ -782,12 +782,20 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
-  // "<started seq> <1 if running> <description>" of this rank's latest collective.
+  // This rank's peer_status_text: its latest collective and the rendezvous it has left.
   std::string status_text() {
-    std::lock_guard<std::mutex> lock(state_mutex_);
-    // A completed collective has let go of its tensors: it is named by kind and number.
-    const std::string what = !current_ ? "" : running_ ? current_->description() : current_->name();
-    return std::to_string(started_seq_) + " " + (running_ ? "1 " : "0 ") + what;
+    PeerStatus status;
+    {
+      std::lock_guard<std::mutex> lock(state_mutex_);
+      status.started_seq = started_seq_;
+      status.running = running_;
+      // A completed collective has let go of its tensors: it is named by kind and number.
+      status.what = !current_ ? "" : running_ ? current_->description() : current_->name();
+    }
+    // Read after the collective: one issued after a rendezvous was left is then always seen with that rendezvous
+    // counted (rendezvous() counts it before returning to its caller).
+    status.calls_completed = calls_completed_.load();
+    return peer_status_text(status);
   }
 
   // A text message with `tag` on the control communicator, if one is waiting (and who sent it); never blocks.
@@ -878,10 +886,11 @@ class MpiCommunicator final : public Communicator {
         group->second.push_back(r);
         continue;
       }
-      const size_t first = reply.find(' ');
-      const uint64_t their_seq = std::stoull(reply.substr(0, first));
-      const bool running = reply.compare(first + 1, 1, "1") == 0;
-      const std::string what = first + 3 < reply.size() ? reply.substr(first + 3) : "";
+      const std::optional<PeerStatus> theirs = parse_peer_status(reply);
+      if (!theirs) continue;
+      const uint64_t their_seq = theirs->started_seq;
+      const bool running = theirs->running;
+      const std::string& what = theirs->what;
       if (their_seq >= seq) {
         joined += (joined.empty() ? "" : ", ") + std::to_string(r);
       } else {
@@ -925,6 +934,7 @@ class MpiCommunicator final : public Communicator {
   std::deque<std::shared_ptr<Op>> queue_;
   uint64_t issued_ = 0;
   bool stopping_ = false;
+  std::atomic<uint64_t> calls_completed_{0};  // rendezvous() completed by this rank, told to the ranks that ask
 
   std::mutex state_mutex_;  // what the communication thread is doing, for the watchdog
   std::condition_variable watchdog_cv_;

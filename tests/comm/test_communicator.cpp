@@ -14,6 +14,7 @@
 #include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -295,6 +296,24 @@ TEST(Communicator, AllgatherBytesOfDifferentLengths) {
   std::vector<std::string> all = comm().allgather_bytes(mine);
   ASSERT_EQ(static_cast<int>(all.size()), comm().size());
   for (int r = 0; r < comm().size(); ++r) EXPECT_EQ(all[r], std::string(r + 1, static_cast<char>('a' + r)));
+}
+
+// A rank that leaves a rendezvous (a library call such as CheckpointManager::save) and starts its next collective at
+// once may answer another rank's "where are you?" before that rank has seen the rendezvous complete. It is not a rank
+// that skipped the call: CI once aborted a 2-node Slurm job with "rank 2 will never make this call" that way. Every
+// rank arrives at a different moment (so queries are in flight) and goes straight on to a collective.
+TEST(Communicator, ARankAlreadyPastARendezvousIsNotMistakenForOneThatSkippedIt) {
+  if (comm().size() < 2) GTEST_SKIP() << "needs peers to ask";
+  for (int i = 0; i < 300; ++i) {
+    const int late = i % comm().size();
+    if (comm().rank() == late) std::this_thread::sleep_for(std::chrono::microseconds(200 * (i % 7)));
+    const std::string call = "save at step " + std::to_string(i);
+    std::vector<std::string> calls;
+    ASSERT_NO_THROW(calls = comm().rendezvous(call)) << "rendezvous " << i << " on rank " << comm().rank();
+    for (const std::string& theirs : calls) ASSERT_EQ(theirs, call);
+    std::vector<std::string> gathered = comm().allgather_bytes(std::to_string(i));
+    for (const std::string& theirs : gathered) ASSERT_EQ(theirs, std::to_string(i));
+  }
 }
 
 TEST(CommOptions, ReadFromTheEnvironment) {
