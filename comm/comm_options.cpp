@@ -44,6 +44,11 @@ CommOptions comm_options_from_env() {
       "DDPRUN_COMM_TREE_FROM_BYTES", static_cast<double>(options.tree_from_bytes), double(int64_t{1} << 40)));
   options.tree_segment_bytes = static_cast<int64_t>(env_number(
       "DDPRUN_COMM_TREE_SEGMENT_BYTES", static_cast<double>(options.tree_segment_bytes), double(int64_t{1} << 40)));
+  const double nice = env_number("DDPRUN_COMM_NICE", options.progress_nice, 19);
+  if (nice != std::floor(nice))
+    throw std::invalid_argument(std::string("DDPRUN_COMM_NICE=") + std::getenv("DDPRUN_COMM_NICE") +
+                                " is not a whole number from 0 to 19");
+  options.progress_nice = static_cast<int>(nice);
   return options;
 }
 

@@ -24,12 +24,18 @@ struct CommOptions {
   // tree_segment_bytes. Measured by scripts/bench/allreduce.sh --hosts (docs/performance.md, "Across nodes").
   int64_t tree_from_bytes = int64_t{64} << 10;
   int64_t tree_segment_bytes = int64_t{1} << 20;
+  // The nice value (0 to 19) of the thread that runs the collectives (never below the process's own). Open MPI's
+  // progress loop polls while it waits; where a rank's cores are all busy with forward and backward (CPU training,
+  // as many compute threads as cores) that polling takes their time, and at 19 it runs only when a core is free or
+  // the compute threads wait for it. That also gives up overlapping communication with backward, so it stays 0 by
+  // default: scripts/bench/comm_nice_ab.sh measured little either way on 2 cores (docs/performance.md).
+  int progress_nice = 0;
 };
 
 // CommOptions from the environment: DDPRUN_COMM_TIMEOUT (seconds), DDPRUN_COMM_CHECK (0/1; on by default in
 // builds without NDEBUG), DDPRUN_COMM_SEGMENT_BYTES, DDPRUN_COMM_TREE_FROM_BYTES (0 turns the tree off),
-// DDPRUN_COMM_TREE_SEGMENT_BYTES; throws std::invalid_argument naming a variable that is not a
-// number in its range. Explicit flags override these in ddptrain.
+// DDPRUN_COMM_TREE_SEGMENT_BYTES, DDPRUN_COMM_NICE (0 to 19); throws std::invalid_argument naming a variable that is
+// not a number in its range. Explicit flags override these in ddptrain.
 CommOptions comm_options_from_env();
 
 // How often a backend's watchdog looks at what is in flight: a twentieth of the timeout, between 10 and 200 ms.

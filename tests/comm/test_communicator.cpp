@@ -16,7 +16,11 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -316,6 +320,34 @@ TEST(Communicator, ARankAlreadyPastARendezvousIsNotMistakenForOneThatSkippedIt) 
   }
 }
 
+// What `top -H` shows: the thread that runs the collectives is called ddprun-comm and runs at the nice value asked
+// for (CommOptions::progress_nice, DDPRUN_COMM_NICE), so that Open MPI's polling can give way to forward and backward.
+TEST(Communicator, TheCollectivesRunInANamedThreadAtTheNiceValueAskedFor) {
+  comm().barrier()->wait();  // the default one exists, at nice 0
+  CommOptions options;
+  options.progress_nice = 7;
+  std::unique_ptr<Communicator> niced = ddprun::comm::make_mpi_communicator(options);
+  niced->barrier()->wait();  // its thread has started
+  EXPECT_NE(niced->backend_name().find("collectives at nice 7"), std::string::npos) << niced->backend_name();
+  int named = 0, at_seven = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream name_file(task.path() / "comm");
+    std::string name;
+    std::getline(name_file, name);
+    if (name != "ddprun-comm") continue;
+    ++named;
+    std::ifstream stat_file(task.path() / "stat");
+    std::string stat;
+    std::getline(stat_file, stat);
+    std::istringstream fields(stat.substr(stat.rfind(')') + 2));  // after "pid (name) "
+    std::vector<std::string> field{std::istream_iterator<std::string>(fields), {}};
+    ASSERT_GT(field.size(), 16u);
+    at_seven += field[16] == "7";  // proc(5): the nice value is field 19, the 17th after the name
+  }
+  EXPECT_GE(named, 2);  // comm()'s and this one's
+  EXPECT_EQ(at_seven, 1);
+}
+
 TEST(CommOptions, ReadFromTheEnvironment) {
   setenv("DDPRUN_COMM_TIMEOUT", "2.5", 1);
   setenv("DDPRUN_COMM_CHECK", "1", 1);
@@ -337,6 +369,14 @@ TEST(CommOptions, ReadFromTheEnvironment) {
   setenv("DDPRUN_COMM_TIMEOUT", "soon", 1);
   EXPECT_THROW(ddprun::comm::comm_options_from_env(), std::invalid_argument);
   unsetenv("DDPRUN_COMM_TIMEOUT");
+  EXPECT_EQ(ddprun::comm::comm_options_from_env().progress_nice, 0);
+  setenv("DDPRUN_COMM_NICE", "19", 1);
+  EXPECT_EQ(ddprun::comm::comm_options_from_env().progress_nice, 19);
+  for (const char* wrong : {"2.5", "20", "-1", "low"}) {
+    setenv("DDPRUN_COMM_NICE", wrong, 1);
+    EXPECT_THROW(ddprun::comm::comm_options_from_env(), std::invalid_argument) << wrong;
+  }
+  unsetenv("DDPRUN_COMM_NICE");
   unsetenv("DDPRUN_COMM_CHECK");
   unsetenv("DDPRUN_COMM_SEGMENT_BYTES");
   unsetenv("DDPRUN_COMM_TREE_FROM_BYTES");
