@@ -19,15 +19,7 @@ done
 for model in $models; do
   [ -n "${samples[$model]:-}" ] || { echo "comm_nice_ab.sh: no model '$model' (mnist_cnn, mlp, resnet18)" >&2; exit 2; }
 done
-build=${BUILD_DIR:-build}
-[ -d "$build" ] || scripts/build.sh > /dev/null
-cmake --build "$build" --target ddptrain > /dev/null
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-mpirun=(mpirun -np 2 --bind-to none)
-[ "$(getconf _NPROCESSORS_ONLN)" -ge 2 ] || mpirun+=(--oversubscribe)
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-median_after_first() { tail -n +2 | awk '{ print "x", $1 }' | awk -f scripts/bench/summarize.awk | cut -d' ' -f2; }
+. scripts/bench/ddptrain_runs.sh
 
 echo "# machine: $(getconf _NPROCESSORS_ONLN) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), 2 ranks x 1 thread, $pairs pairs"
 for model in $models; do

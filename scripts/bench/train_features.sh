@@ -27,15 +27,7 @@ done
 python=/usr/bin/python3
 "$python" -c 'import torch.distributed, torchvision' 2> /dev/null ||
   { echo "train_features.sh: $python lacks torch.distributed or torchvision (run scripts/install-deps.sh)" >&2; exit 1; }
-build=${BUILD_DIR:-build}
-[ -d "$build" ] || scripts/build.sh > /dev/null
-cmake --build "$build" --target ddptrain > /dev/null
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-mpirun=(mpirun -np 2 --bind-to none)
-[ "$(getconf _NPROCESSORS_ONLN)" -ge 2 ] || mpirun+=(--oversubscribe)
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-median_after_first() { tail -n +2 | awk '{ print "x", $1 }' | awk -f scripts/bench/summarize.awk | cut -d' ' -f2; }
+. scripts/bench/ddptrain_runs.sh
 
 # model features samples-per-epoch ddptrain-flag python-flag ("-": no Python row)
 rows=("mnist_cnn none 4096 '' ''" "mnist_cnn amp 512 --amp --amp" "resnet18 none 1024 '' ''"
