@@ -537,9 +537,9 @@ class MpiCommunicator final : public Communicator {
 
   // The communication thread: runs the collectives in issue order until the communicator goes away.
   void run_collectives() {
-    // Named for top -H and perf; niced so that its polling gives way to the compute threads (CommOptions). On Linux
-    // a nice value is a thread's own. Only ever raised (which needs no privilege): a job started under `nice -n 10`
-    // keeps at least 10 here.
+    // Named for top -H and perf; at CommOptions::progress_nice (0 by default; 19 lets its polling give way to the
+    // compute threads). On Linux a nice value is a thread's own. Only ever raised (which needs no privilege): a job
+    // started under `nice -n 10` keeps at least 10 here.
     pthread_setname_np(pthread_self(), "ddprun-comm");
     const auto tid = static_cast<id_t>(syscall(SYS_gettid));
     errno = 0;
