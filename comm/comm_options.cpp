@@ -49,6 +49,11 @@ CommOptions comm_options_from_env() {
     throw std::invalid_argument(std::string("DDPRUN_COMM_NICE=") + std::getenv("DDPRUN_COMM_NICE") +
                                 " is not a whole number from 0 to 19");
   options.progress_nice = static_cast<int>(nice);
+  const double sleep = env_number("DDPRUN_COMM_WAIT_SLEEP", options.sleep_while_waiting ? 1 : 0, 1);
+  if (sleep != 0 && sleep != 1)
+    throw std::invalid_argument(std::string("DDPRUN_COMM_WAIT_SLEEP=") + std::getenv("DDPRUN_COMM_WAIT_SLEEP") +
+                                " is not 0 or 1");
+  options.sleep_while_waiting = sleep == 1;
   return options;
 }
 

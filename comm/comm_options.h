@@ -30,12 +30,18 @@ struct CommOptions {
   // the compute threads wait for it. That also gives up overlapping communication with backward, so it stays 0 by
   // default: scripts/bench/comm_nice_ab.sh measured little either way on 2 cores (docs/performance.md).
   int progress_nice = 0;
+  // How the communication thread waits for ranks that have not reached a collective yet: false (the default) in
+  // Open MPI's blocking call, which polls and holds a core until the last rank arrives; true behind an MPI_Ibarrier
+  // polled between short sleeps, which leaves the cores to forward and backward (CPU training with every core busy:
+  // the early rank's polling burnt a quarter of a core on 2 cores) at the price of one barrier per collective (~10%
+  // of a 1 MiB all-reduce here). Every rank must choose the same; the communicator refuses to start otherwise.
+  bool sleep_while_waiting = false;
 };
 
 // CommOptions from the environment: DDPRUN_COMM_TIMEOUT (seconds), DDPRUN_COMM_CHECK (0/1; on by default in
 // builds without NDEBUG), DDPRUN_COMM_SEGMENT_BYTES, DDPRUN_COMM_TREE_FROM_BYTES (0 turns the tree off),
-// DDPRUN_COMM_TREE_SEGMENT_BYTES, DDPRUN_COMM_NICE (0 to 19); throws std::invalid_argument naming a variable that is
-// not a number in its range. Explicit flags override these in ddptrain.
+// DDPRUN_COMM_TREE_SEGMENT_BYTES, DDPRUN_COMM_NICE (0 to 19), DDPRUN_COMM_WAIT_SLEEP (0/1); throws
+// std::invalid_argument naming a variable that is not a number in its range. Explicit flags override these in ddptrain.
 CommOptions comm_options_from_env();
 
 // How often a backend's watchdog looks at what is in flight: a twentieth of the timeout, between 10 and 200 ms.

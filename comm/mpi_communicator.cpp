@@ -22,6 +22,7 @@
 // after mpi.h, which it needs
 #include <mpi-ext.h>
 #include <pthread.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -55,6 +56,10 @@ constexpr int kTagCallReply = 4;
 constexpr int kCallLabelBytes = 256;
 // A rank that answers no status query for this long during a rendezvous has exited (or hangs outside ddprun).
 constexpr auto kSilentPeer = std::chrono::seconds(10);
+// How the communication thread waits for the other ranks to reach a collective (wait_for_every_rank).
+constexpr auto kSpinBeforeSleep = std::chrono::microseconds(200);
+constexpr auto kShortestSleep = std::chrono::microseconds(20);
+constexpr auto kLongestSleep = std::chrono::milliseconds(1);
 
 void check(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
@@ -359,6 +364,20 @@ class MpiCommunicator final : public Communicator {
       names[(static_cast<size_t>(r) + 1) * MPI_MAX_PROCESSOR_NAME - 1] = '\0';
       hosts_.emplace_back(names.data() + static_cast<size_t>(r) * MPI_MAX_PROCESSOR_NAME);
     }
+    // The options that decide which MPI calls a collective makes must be the same everywhere, or the ranks would
+    // wait in different calls for ever.
+    const int mine[2] = {options_.check_shapes ? 1 : 0, options_.sleep_while_waiting ? 1 : 0};
+    int lowest[2] = {0, 0}, highest[2] = {0, 0};
+    check(MPI_Allreduce(mine, lowest, 2, MPI_INT, MPI_MIN, world_), "MPI_Allreduce");
+    check(MPI_Allreduce(mine, highest, 2, MPI_INT, MPI_MAX, world_), "MPI_Allreduce");
+    if (lowest[0] != highest[0] || lowest[1] != highest[1]) {
+      for (MPI_Comm* comm : {&node_, &control_, &calls_, &world_, &tree_})
+        if (*comm != MPI_COMM_NULL) MPI_Comm_free(comm);
+      throw CommError(std::string("the ranks were started with different ") +
+                      (lowest[0] != highest[0] ? "DDPRUN_COMM_CHECK" : "DDPRUN_COMM_WAIT_SLEEP") + " (rank " +
+                      std::to_string(rank_) + " has " + std::to_string(mine[lowest[0] != highest[0] ? 0 : 1]) +
+                      "); give every rank the same value (mpirun -x)");
+    }
     sixteen_bit_.create();
     // Whoever finalizes MPI before this communicator is destroyed (a static, say) stops its threads first: MPI
     // deletes MPI_COMM_SELF's attributes at the start of MPI_Finalize.
@@ -545,7 +564,8 @@ class MpiCommunicator final : public Communicator {
     errno = 0;
     const int nice_now = getpriority(PRIO_PROCESS, tid);
     if (errno == 0 && options_.progress_nice > nice_now) setpriority(PRIO_PROCESS, tid, options_.progress_nice);
-    at::init_num_threads();  // copies made here use the intra-op thread count the caller set
+    prctl(PR_SET_TIMERSLACK, 1000UL);  // wait_for_every_rank's short sleeps: 1 us late, not Linux's default 50 us
+    at::init_num_threads();            // copies made here use the intra-op thread count the caller set
     for (;;) {
       std::shared_ptr<Op> op;
       {
@@ -564,6 +584,7 @@ class MpiCommunicator final : public Communicator {
       }
       std::exception_ptr error;
       try {
+        if (options_.sleep_while_waiting) wait_for_every_rank();
         if (options_.check_shapes) check_same_tensors_everywhere(*op);
         execute(*op);
         for (Buffer& buffer : op->buffers) buffer.copy_back();
@@ -587,6 +608,29 @@ class MpiCommunicator final : public Communicator {
         op->output_buffers.clear();
       }
       op->completion.finish(error);
+    }
+  }
+
+  // Returns once every rank has issued this collective, without holding a core while the others are still
+  // computing. Open MPI's blocking collectives poll until the last rank arrives (sched_yield in between, which Linux's
+  // scheduler barely honours), and where the compute threads have every core (CPU training) the first rank to reach a
+  // bucket took their time: on 2 cores, mnist_cnn's early rank's thread burnt a quarter of a core, slowing the late
+  // rank it was waiting for. Here an MPI_Ibarrier is polled for kSpinBeforeSleep, then between sleeps of a sixteenth
+  // of the time waited so far (kShortestSleep to kLongestSleep): a late arrival is seen within ~6% of the wait, and a
+  // long wait costs a wake-up per millisecond. (Every rank must make the same MPI calls, so the barrier cannot be
+  // skipped on a rank that happens to find its peers there.)
+  void wait_for_every_rank() {
+    if (size_ == 1) return;
+    MPI_Request request;
+    check(MPI_Ibarrier(world_, &request), "MPI_Ibarrier");
+    const auto start = Clock::now();
+    for (;;) {
+      int done = 0;
+      check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+      if (done) return;
+      const auto waited = Clock::now() - start;
+      if (waited < kSpinBeforeSleep) continue;
+      std::this_thread::sleep_for(std::clamp<Clock::duration>(waited / 16, kShortestSleep, kLongestSleep));
     }
   }
 

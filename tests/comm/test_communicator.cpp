@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -320,6 +321,49 @@ TEST(Communicator, ARankAlreadyPastARendezvousIsNotMistakenForOneThatSkippedIt) 
   }
 }
 
+// CPU training gives every core to forward and backward; with CommOptions::sleep_while_waiting a rank that reaches a
+// collective first does not take one of them while it waits for the others (Open MPI's blocking collectives poll).
+TEST(Communicator, ARankWaitingForALatePeerCanLeaveTheCoresToTheComputeThreads) {
+  if (comm().size() < 2) GTEST_SKIP() << "needs a rank that arrives late";
+  CommOptions options;
+  options.sleep_while_waiting = true;
+  std::unique_ptr<Communicator> sleeping = ddprun::comm::make_mpi_communicator(options);
+  sleeping->barrier()->wait();
+  const auto cpu_seconds = [] {
+    timespec now{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+    return double(now.tv_sec) + 1e-9 * double(now.tv_nsec);
+  };
+  const auto wall_start = std::chrono::steady_clock::now();
+  const double cpu_start = cpu_seconds();
+  if (comm().rank() == 0) std::this_thread::sleep_for(std::chrono::seconds(1));  // still computing
+  at::Tensor t = at::ones({1024}, at::kFloat);
+  sleeping->allreduce(t, ReduceOp::Sum)->wait();
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+  const double cpu = cpu_seconds() - cpu_start;
+  EXPECT_TRUE(t.equal(at::full({1024}, double(comm().size()), at::kFloat)));
+  if (comm().rank() != 0) {
+    EXPECT_GT(wall, 0.9);
+    EXPECT_LT(cpu, 0.2 * wall) << "rank " << comm().rank() << " used " << cpu << " s of CPU waiting " << wall
+                               << " s for rank 0";
+  }
+}
+
+// A choice that changes which MPI calls a collective makes, set differently on some ranks, would leave them waiting
+// in different calls: the communicator refuses to start, on every rank, naming the variable.
+TEST(Communicator, RefusesToStartWhenRanksDisagreeOnHowCollectivesRun) {
+  if (comm().size() < 2) GTEST_SKIP() << "needs ranks to disagree";
+  CommOptions options;
+  options.sleep_while_waiting = comm().rank() == 1;
+  try {
+    ddprun::comm::make_mpi_communicator(options);
+    ADD_FAILURE() << "started although the ranks disagree";
+  } catch (const CommError& e) {
+    EXPECT_NE(std::string(e.what()).find("different DDPRUN_COMM_WAIT_SLEEP"), std::string::npos) << e.what();
+  }
+  comm().barrier()->wait();  // the others still work
+}
+
 // What `top -H` shows: the thread that runs the collectives is called ddprun-comm and runs at the nice value asked
 // for (CommOptions::progress_nice, DDPRUN_COMM_NICE), so that Open MPI's polling can give way to forward and backward.
 TEST(Communicator, TheCollectivesRunInANamedThreadAtTheNiceValueAskedFor) {
@@ -377,6 +421,14 @@ TEST(CommOptions, ReadFromTheEnvironment) {
     EXPECT_THROW(ddprun::comm::comm_options_from_env(), std::invalid_argument) << wrong;
   }
   unsetenv("DDPRUN_COMM_NICE");
+  EXPECT_FALSE(ddprun::comm::comm_options_from_env().sleep_while_waiting);
+  setenv("DDPRUN_COMM_WAIT_SLEEP", "1", 1);
+  EXPECT_TRUE(ddprun::comm::comm_options_from_env().sleep_while_waiting);
+  for (const char* wrong : {"0.5", "2", "yes"}) {
+    setenv("DDPRUN_COMM_WAIT_SLEEP", wrong, 1);
+    EXPECT_THROW(ddprun::comm::comm_options_from_env(), std::invalid_argument) << wrong;
+  }
+  unsetenv("DDPRUN_COMM_WAIT_SLEEP");
   unsetenv("DDPRUN_COMM_CHECK");
   unsetenv("DDPRUN_COMM_SEGMENT_BYTES");
   unsetenv("DDPRUN_COMM_TREE_FROM_BYTES");
