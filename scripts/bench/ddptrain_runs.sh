@@ -1,4 +1,4 @@
-# Sourced by the training benchmarks (train_features.sh, comm_nice_ab.sh) from the repository root: builds ddptrain
+# Sourced by the training benchmarks (train_features.sh, comm_env_ab.sh) from the repository root: builds ddptrain
 # into ./build (or $BUILD_DIR), sets `mpirun` for 2 ranks on this machine, `tmp` (a folder removed on exit) and
 # median_after_first (the median of the lines after the first, one figure per line).
 build=${BUILD_DIR:-build}
