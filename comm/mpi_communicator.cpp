@@ -366,10 +366,12 @@ class MpiCommunicator final : public Communicator {
     }
     // The options that decide which MPI calls a collective makes must be the same everywhere, or the ranks would
     // wait in different calls for ever.
+    // One all-reduce (max) of each flag and its negation gives the highest and the lowest value.
     const int mine[2] = {options_.check_shapes ? 1 : 0, options_.sleep_while_waiting ? 1 : 0};
-    int lowest[2] = {0, 0}, highest[2] = {0, 0};
-    check(MPI_Allreduce(mine, lowest, 2, MPI_INT, MPI_MIN, world_), "MPI_Allreduce");
-    check(MPI_Allreduce(mine, highest, 2, MPI_INT, MPI_MAX, world_), "MPI_Allreduce");
+    const int sent[4] = {mine[0], -mine[0], mine[1], -mine[1]};
+    int got[4] = {0, 0, 0, 0};
+    check(MPI_Allreduce(sent, got, 4, MPI_INT, MPI_MAX, world_), "MPI_Allreduce");
+    const int highest[2] = {got[0], got[2]}, lowest[2] = {-got[1], -got[3]};
     if (lowest[0] != highest[0] || lowest[1] != highest[1]) {
       for (MPI_Comm* comm : {&node_, &control_, &calls_, &world_, &tree_})
         if (*comm != MPI_COMM_NULL) MPI_Comm_free(comm);
