@@ -5,8 +5,9 @@
 //   train_compute_bench --model M [-b B] [--samples N] [--epochs E] [--threads T] [--ranks R]
 //
 // Each epoch trains the N / R samples one rank of an R-rank run gets (DistributedSampler, rank 0) and prints
-// "epoch E images/s X"; the last line is "RESULT model M images_per_sec X" with the median over epochs after the
-// first (which also pays for first-touch allocations).
+// "epoch E images/s X"; then "GRADIENT bytes B" (what one data-parallel step all-reduces: every parameter's gradient,
+// float32) and last "RESULT model M images_per_sec X" with the median over epochs after the first (which also pays for
+// first-touch allocations).
 #include "ddprun/distributed_sampler.h"
 #include "trainer/host_memory.h"
 #include "trainer/idx_dataset.h"
@@ -105,6 +106,10 @@ int main(int argc, char** argv) {
   std::sort(measured.begin(), measured.end());
   const size_t n = measured.size();
   const double median = n % 2 ? measured[n / 2] : (measured[n / 2 - 1] + measured[n / 2]) / 2;
+  int64_t gradient_bytes = 0;
+  for (const auto& p : model->parameters())
+    if (p.requires_grad()) gradient_bytes += p.numel() * static_cast<int64_t>(p.element_size());
+  std::printf("GRADIENT bytes %lld\n", static_cast<long long>(gradient_bytes));
   std::printf("RESULT model %s images_per_sec %.2f\n", model_name.c_str(), median);
   return 0;
 }

@@ -9,13 +9,19 @@
 #                  glibc's defaults Python pays a page fault per fresh page of every large tensor, every step;
 #   compute-limit: twice the images/s of one process doing only forward, backward, SGD step on ready batches
 #                  (bench/train_compute_bench.cpp); besides, without a target, compute-concurrent: the sum of two
-#                  such processes run at the same time (sharing caches and memory bandwidth as two ranks do).
+#                  such processes run at the same time (sharing caches and memory bandwidth as two ranks do), and
+#   ceiling:       what 2 ranks can reach on these cores: each rank's step takes at least the compute-concurrent step
+#                  plus one all-reduce of all its gradients by ddprun's communicator with both ranks ready and nothing
+#                  else running (bench/allreduce_bench.cpp at the model's gradient bytes): with every core busy
+#                  computing, the all-reduce's copies and sums cannot hide behind backward, they take the same cores.
+#                  Where a target is missed and the ceiling itself is below it (the paired ratio ceiling / baseline),
+#                  the verdict says the target is out of reach on this machine.
 # All run back to back in each repeat (ddprun and per-param in alternating order); a run's images/s is the median
 # over its epochs after the first (which pays for start-up and DDP's bucket rebuild). Prints each run, then per model
 # the medians and ranges over repeats, the paired ratios (per repeat) with the issue's targets, and one JSON line per
 # model and impl, after a step breakdown per model (scripts/bench/timeline_summary.py on one more ddptrain run's
 # --timeline, beside the compute-only step):
-#   {"impl": "ddprun"|"per-param"|"pytorch-ddp"|"compute-limit"|"compute-concurrent", "model": m, "ranks": 2, "images_per_sec": x, "test_acc1": a}
+#   {"impl": "ddprun"|"per-param"|"pytorch-ddp"|"compute-limit"|"compute-concurrent"|"ceiling", "model": m, "ranks": 2, "images_per_sec": x, "test_acc1": a}
 #   (with --hosts: "ranks": N, "hosts": H before "images_per_sec")
 #   scripts/bench/train_throughput.sh [--repeats R] [--epochs E] [--models "mnist_cnn mlp resnet18"] [--quick]
 #                                     [--hosts node1:2,node2:2 [--link-rate 1gbit]]
@@ -45,7 +51,7 @@ python=/usr/bin/python3
   { echo "train_throughput.sh: $python has no torch.distributed (run scripts/install-deps.sh)" >&2; exit 1; }
 build=${BUILD_DIR:-build}
 [ -d "$build" ] || scripts/build.sh > /dev/null
-cmake --build "$build" --target ddptrain train_compute_bench > /dev/null
+cmake --build "$build" --target ddptrain train_compute_bench allreduce_bench > /dev/null
 cores=$(getconf _NPROCESSORS_ONLN)  # (nproc would answer OMP_NUM_THREADS)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 ranks=2 master=127.0.0.1
@@ -99,17 +105,27 @@ for ((r = 1; r <= repeats; r++)); do
     echo "$model pytorch-ddp $r $ips $acc" >> "$tmp/results"
     if [ -z "$hosts" ]; then
       compute=("$build/bin/train_compute_bench" --model "$model" -b 64 --samples "$n" --epochs "$epochs" --ranks 2 --threads 1)
-      one=$("${compute[@]}" | sed -n 's/^RESULT .* images_per_sec //p')
+      "${compute[@]}" > "$tmp/c0"
+      one=$(sed -n 's/^RESULT .* images_per_sec //p' "$tmp/c0")
       echo "$model compute-limit $r $(awk -v x="$one" 'BEGIN { print 2 * x }') null" >> "$tmp/results"
       # Not a target, but what the limit is when two processes share the machine's caches and memory bandwidth.
       "${compute[@]}" > "$tmp/c1" & "${compute[@]}" > "$tmp/c2"; wait
       both=$(sed -n 's/^RESULT .* images_per_sec //p' "$tmp/c1" "$tmp/c2" | awk '{ s += $1 } END { print s }')
       echo "$model compute-concurrent $r $both null" >> "$tmp/results"
+      # The ceiling: the compute-concurrent step plus the all-reduce of the gradients (2 ranks: busbw = algbw).
+      grad_bytes=$(sed -n 's/^GRADIENT bytes //p' "$tmp/c0")
+      busbw=$("${mpirun[@]}" "$build/bin/allreduce_bench" --min-bytes "$grad_bytes" --max-bytes "$grad_bytes" \
+        --only ddprun --repeats 5 --seconds 0.2 | sed -n 's/^RESULT ddprun 2 [0-9]* \([0-9.]*\) .*/\1/p')
+      allreduce_ms=$(awk -v b="$grad_bytes" -v bw="$busbw" 'BEGIN { printf "%.3f", b / (bw * 1e9) * 1e3 }')
+      echo "$model allreduce-ms $r $allreduce_ms $grad_bytes" >> "$tmp/allreduce"
+      echo "$model ceiling $r $(awk -v c="$both" -v t="$allreduce_ms" 'BEGIN { print 128 / (128 / c + t / 1e3) }') null" \
+        >> "$tmp/results"
     fi
     awk 'NF != 5 { exit 1 }' "$tmp/results" ||
       { echo "train_throughput.sh: a run of $model printed no result: $(awk 'NF != 5' "$tmp/results")" >&2; exit 1; }
-    grep "^$model .* $r [^ ]* [^ ]*$" "$tmp/results" | tail -n "$([ -n "$hosts" ] && echo 3 || echo 5)" |
+    grep "^$model .* $r [^ ]* [^ ]*$" "$tmp/results" | tail -n "$([ -n "$hosts" ] && echo 3 || echo 6)" |
       awk '{ printf "run %d  %-9s %-13s images/s %8.1f  test_acc1 %s\n", $3, $1, $2, $4, $5 }'
+    [ -n "$hosts" ] || echo "run $r  $model all-reduce of the gradients ($grad_bytes bytes), both ranks ready: $allreduce_ms ms"
   done
 done
 
@@ -124,7 +140,7 @@ for model in $models; do
     json+=$(printf '{"impl": "%s", "model": "%s", "ranks": %d, %s"images_per_sec": %.1f, "test_acc1": %s}\\n' "$impl" \
       "$model" "$ranks" "${hosts:+\"hosts\": \"$hosts\", }" "$ips" "$acc")
   done < "$tmp/stats"
-  for base in compute-limit compute-concurrent pytorch-ddp per-param; do
+  for base in compute-limit compute-concurrent ceiling pytorch-ddp per-param; do
     case "$model/$base" in
       mnist_cnn/compute-limit) target=0.95 ;;
       mnist_cnn/pytorch-ddp | mlp/pytorch-ddp) target=1.15 ;;
@@ -133,17 +149,24 @@ for model in $models; do
       *) target="" ;;
     esac
     [ -n "$hosts" ] && target=""
-    # Paired by repeat: the first pass collects ddprun's figure of each repeat, whichever ran first in it.
-    awk -v m="$model" -v b="$base" 'NR == FNR { if ($1 == m && $2 == "ddprun") d[$3] = $4; next }
-      $1 == m && $2 == b && ($3 in d) { printf "%.3f\n", d[$3] / $4 }' "$tmp/results" "$tmp/results" > "$tmp/ratios"
-    [ -s "$tmp/ratios" ] || continue
-    awk '{ print "ratio", $1 }' "$tmp/ratios" | awk -f scripts/bench/summarize.awk | {
-      read -r _ ratio lo hi _
-      verdict="(no target)"
-      [ -n "$target" ] && verdict=$(awk -v x="$ratio" -v t="$target" 'BEGIN { print (x >= t ? "meets" : "MISSES") " the target >= " t }')
-      printf '%-9s ddprun / %-13s median %.2f (range %.2f-%.2f; per repeat %s)  %s\n' "$model" "$base" "$ratio" "$lo" \
-        "$hi" "$(paste -sd' ' "$tmp/ratios")" "$verdict"
+    # Paired by repeat: the first pass collects the numerator's figure of each repeat, whichever ran first in it.
+    paired() {
+      awk -v m="$model" -v a="$1" -v b="$base" 'NR == FNR { if ($1 == m && $2 == a) d[$3] = $4; next }
+        $1 == m && $2 == b && ($3 in d) { printf "%.3f\n", d[$3] / $4 }' "$tmp/results" "$tmp/results"
     }
+    median_of() { awk '{ print "ratio", $1 }' | awk -f scripts/bench/summarize.awk; }
+    paired ddprun > "$tmp/ratios"
+    [ -s "$tmp/ratios" ] || continue
+    read -r _ ratio lo hi _ < <(median_of < "$tmp/ratios")
+    verdict="(no target)"
+    if [ -n "$target" ]; then
+      verdict=$(awk -v x="$ratio" -v t="$target" 'BEGIN { print (x >= t ? "meets" : "MISSES") " the target >= " t }')
+      reach=$(paired ceiling | median_of | cut -d' ' -f2)
+      [ -n "$reach" ] && verdict+=$(awk -v x="$ratio" -v c="$reach" -v t="$target" -v b="$base" 'BEGIN {
+        if (x < t && c < t) printf "; out of reach here: ceiling / %s is %.2f", b, c }')
+    fi
+    printf '%-9s ddprun / %-13s median %.2f (range %.2f-%.2f; per repeat %s)  %s\n' "$model" "$base" "$ratio" "$lo" \
+      "$hi" "$(paste -sd' ' "$tmp/ratios")" "$verdict"
   done
 done
 # Where a ddptrain step's time goes (one more run per model, rank 0's --timeline), beside the compute-only step of
@@ -159,8 +182,11 @@ if [ -z "$hosts" ]; then
       awk -f scripts/bench/summarize.awk | cut -d' ' -f2)
     both=$(awk -v m="$model" '$1 == m && $2 == "compute-concurrent" { print "x", $4 }' "$tmp/results" |
       awk -f scripts/bench/summarize.awk | cut -d' ' -f2)
-    awk -v m="$model" -v b="$breakdown" -v a="$alone" -v c="$both" 'BEGIN {
-      printf "%-9s ddptrain %s; compute only: %.2f ms alone, %.2f ms two at once\n", m, b, 64000 / (a / 2), 64000 / (c / 2) }'
+    allreduce=$(awk -v m="$model" '$1 == m { print "x", $4 }' "$tmp/allreduce" | awk -f scripts/bench/summarize.awk |
+      cut -d' ' -f2)
+    awk -v m="$model" -v b="$breakdown" -v a="$alone" -v c="$both" -v t="$allreduce" 'BEGIN {
+      printf "%-9s ddptrain %s; compute only: %.2f ms alone, %.2f ms two at once; + all-reduce %.2f ms = ceiling %.2f ms\n",
+        m, b, 64000 / (a / 2), 64000 / (c / 2), t, 64000 / (c / 2) + t }'
   done
 fi
 echo
