@@ -140,7 +140,8 @@ po::options_description describe(TrainOptions& o) {
      "the gradients' dtype on the wire: none, fp16 or bf16")
     ("timeline", po::value(&o.timeline),
      "write a Chrome trace (chrome://tracing, ui.perfetto.dev) of rank 0's steps to this file: forward, backward, "
-     "optimizer step, and each bucket's all-reduce from ready to done");
+     "optimizer step, and each bucket's all-reduce from ready to done; with {rank} in the name (trace-{rank}.json) "
+     "every rank writes its own, on a time axis the ranks share");
   // clang-format on
   return desc;
 }

@@ -5,11 +5,30 @@
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
+#include <string>
 
 namespace ddprun::trainer {
 
-Timeline::Timeline(std::string path, int rank, size_t max_events)
-    : path_(std::move(path)), rank_(rank), max_events_(max_events) {}
+namespace {
+
+const std::string kRankField = "{rank}";
+
+std::string path_of_rank(const std::string& path, int rank) {
+  if (path.find(kRankField) == std::string::npos) return rank == 0 ? path : std::string();
+  std::string result;
+  for (size_t at = 0;;) {
+    const size_t field = path.find(kRankField, at);
+    result += path.substr(at, field == std::string::npos ? std::string::npos : field - at);
+    if (field == std::string::npos) return result;
+    result += std::to_string(rank);
+    at = field + kRankField.size();
+  }
+}
+
+}  // namespace
+
+Timeline::Timeline(const std::string& path, int rank, size_t max_events)
+    : path_(path_of_rank(path, rank)), rank_(rank), max_events_(max_events) {}
 
 void Timeline::span(const std::string& name, Track track, Clock::time_point begin, Clock::time_point end,
                     const std::string& args) {

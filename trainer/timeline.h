@@ -1,6 +1,8 @@
-// --timeline FILE: one rank's steps as a Chrome trace (chrome://tracing, ui.perfetto.dev): the batch (its samples
+// --timeline FILE: a rank's steps as a Chrome trace (chrome://tracing, ui.perfetto.dev): the batch (its samples
 // gathered and placed), forward, backward, the step check (the ranks' agreement on the loss and on stop signals) and
 // the optimizer step on one track, each bucket's all-reduce from ready to done on another, so overlap can be seen.
+// Rank 0's only, or with "{rank}" in FILE every rank's, each in its own file (process id = rank), on a time axis the
+// ranks share, so that opened together they show which rank waits for which.
 // scripts/bench/timeline_summary.py sums a trace per step.
 #pragma once
 
@@ -16,9 +18,15 @@ class Timeline {
   using Clock = std::chrono::steady_clock;
   enum Track { kCompute = 1, kAllReduce = 2 };
 
-  // An empty path records nothing. Keeps at most `max_events` events (the first ones).
-  Timeline(std::string path, int rank, size_t max_events = 50000);
+  // `path` as given to --timeline: empty records nothing; with "{rank}" (each occurrence replaced by the rank) every
+  // rank records, else rank 0 only. Keeps at most `max_events` events (the first ones).
+  Timeline(const std::string& path, int rank, size_t max_events = 50000);
   bool enabled() const { return !path_.empty(); }
+  const std::string& path() const { return path_; }
+
+  // Time 0 of the trace. Call it on every rank just after a collective all of them leave together, so that the
+  // ranks' files share a time axis (to within the collective's latency), also across nodes whose clocks differ.
+  void start_clock() { origin_ = Clock::now(); }
 
   // A span [begin, end) on a track; `args` is a JSON object's inside ("\"bucket\": 0") or empty.
   void span(const std::string& name, Track track, Clock::time_point begin, Clock::time_point end,

@@ -134,7 +134,7 @@ class Run {
         group_(group),
         rank0_(group.rank() == 0),
         host_memory_(std::move(host_memory)),
-        timeline_(rank0_ ? options.timeline : std::string(), group.rank()) {}
+        timeline_(options.timeline, group.rank()) {}
 
   int execute() {
     set_up();
@@ -283,6 +283,7 @@ class Run {
     // Different flags, config files or data on different nodes would make the ranks' collectives disagree.
     group_.require_same_on_every_rank(run_fingerprint(o_, train_data_.size(), test_data_.size()),
                                       "run (its flags, config file and data)");
+    timeline_.start_clock();  // every rank leaves that collective together: the ranks' traces share a time axis
 
     torch::manual_seed(static_cast<uint64_t>(o_.seed));
     if (o_.sync_bn) {  // torchvision: SyncBatchNorm.convert_sync_batchnorm(model), before DDP wraps it
@@ -572,10 +573,10 @@ class Run {
     stall_seconds_ += seconds_since(start);
     if (m == nullptr) return;
     group_.run_on_every_rank([&] {
+      timeline_.write();  // the steps so far, rewritten after each epoch (on every rank with "{rank}" in its name)
       if (!rank0_) return;
       m->checkpoint_stall_seconds = stall_seconds_;
       append_line(o_.output_dir + "/metrics.jsonl", to_json(*m));
-      timeline_.write();  // the steps so far, rewritten after each epoch
     });
   }
 
@@ -583,7 +584,7 @@ class Run {
   ProcessGroup& group_;
   const bool rank0_;
   const std::string host_memory_;
-  Timeline timeline_;  // --timeline: rank 0's steps
+  Timeline timeline_;  // --timeline: rank 0's steps, or every rank's
   c10::Device device_{c10::kCPU};
   ImageDataset train_data_, test_data_;
   std::shared_ptr<Model> model_;

@@ -2,7 +2,9 @@
 # --timeline writes a Chrome trace of rank 0's steps: batch, forward, backward, step check and optimizer step per step
 # (in that order, none overlapping), and per step
 # every bucket's all-reduce (together all of mnist_cnn's gradient bytes), the first bucket going out while backward
-# still runs (the overlap the engine is for).
+# still runs (the overlap the engine is for). With {rank} in the name every rank writes its own trace, and the ranks'
+# traces share a time axis: rank 1's process starts a second late, yet each step's last all-reduce (which the ranks
+# leave together) ends at the same time in both files.
 set -euo pipefail
 bin=$1
 . "$(dirname "$0")/common.sh"
@@ -37,4 +39,23 @@ for step, names in steps.items():
     overlapped += first is not None
 assert overlapped == 4, f"a bucket went out during backward in {overlapped} of 4 steps"
 print("PASSED: 4 steps, 8 bucket all-reduces, each step's first bucket sent during backward")
+PY
+
+mpirun --oversubscribe -np 2 sh -c '[ "$OMPI_COMM_WORLD_RANK" = 1 ] && sleep 1; exec "$@"' sh "$bin/ddptrain" --epochs 1 \
+  --train-limit 512 --test-limit 64 --threads 1 --output-dir "$work/out2" --timeline "$work/trace-{rank}.json" > /dev/null
+[ ! -e "$work/trace-{rank}.json" ] || fail "--timeline wrote the file name with {rank} in it"
+python3 - "$work/trace-0.json" "$work/trace-1.json" <<'PY'
+import json, statistics, sys
+ends = []
+for rank, path in enumerate(sys.argv[1:]):
+    trace = json.load(open(path))
+    assert trace["otherData"]["rank"] == rank, (path, trace["otherData"])
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert {e["pid"] for e in spans} == {rank}, f"{path}: process ids {sorted({e['pid'] for e in spans})}, not {rank}"
+    buckets = [e for e in spans if e["name"] == "all-reduce bucket 1"]  # each step's last
+    assert len(buckets) == 4, f"{path}: {len(buckets)} spans of bucket 1, 4 expected"
+    ends.append([b["ts"] + b["dur"] for b in buckets])
+gap_ms = statistics.median(abs(a - b) for a, b in zip(*ends)) / 1000
+assert gap_ms < 50, f"the ranks' traces are {gap_ms:.1f} ms apart where both left the same all-reduce"
+print(f"PASSED: a trace per rank; the ranks' last all-reduce ends {gap_ms:.2f} ms apart (median of 4 steps)")
 PY

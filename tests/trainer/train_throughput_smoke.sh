@@ -29,5 +29,6 @@ for model in mnist_cnn mlp resnet18; do
   # The step breakdown from a --timeline run, beside the compute-only step.
   grep -qE "^$model  *ddptrain step [0-9.]+ ms over [0-9]+ steps = batch [0-9.]+ \\+ forward [0-9.]+ \\+ backward [0-9.]+ \\+ step check [0-9.]+ \\+ optimizer step [0-9.]+ \\+ other -?[0-9.]+; compute only: [0-9.]+ ms alone, [0-9.]+ ms two at once; \\+ all-reduce [0-9.]+ ms = ceiling [0-9.]+ ms$" \
     "$work/out" || fail "no step breakdown for $model"
+  grep -qE "^$model  *rank 1:  step [0-9.]+ ms over [0-9]+ steps = batch " "$work/out" || fail "no step breakdown of rank 1 for $model"
 done
 echo PASSED
