@@ -1,7 +1,9 @@
 // The Chrome trace writer behind --timeline.
 #include "trainer/timeline.h"
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -41,6 +43,17 @@ void Timeline::span(const std::string& name, Track track, Clock::time_point begi
     return std::chrono::duration_cast<std::chrono::microseconds>(t - origin_).count();
   };
   events_.push_back({name, track, us(begin), std::max<int64_t>(us(end) - us(begin), 0), args});
+}
+
+void Timeline::check_writable() const {
+  if (!enabled()) return;
+  const std::string temporary = path_ + ".tmp";
+  std::FILE* probe = std::fopen(temporary.c_str(), "w");
+  if (probe == nullptr)
+    throw std::runtime_error("cannot write --timeline '" + path_ + "' (" + std::strerror(errno) +
+                             "); give a file in a folder this user can write");
+  std::fclose(probe);
+  std::remove(temporary.c_str());
 }
 
 void Timeline::write() const {

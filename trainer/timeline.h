@@ -33,6 +33,9 @@ class Timeline {
             const std::string& args = "");
   // Writes the trace (atomically: a temporary file renamed over FILE); throws std::runtime_error naming the path.
   void write() const;
+  // Whether write() will be able to create its file: creates and removes the temporary one; throws as write() does,
+  // with the system's reason. For set-up, so that a bad path fails the run at start, not after its first epoch.
+  void check_writable() const;
 
  private:
   struct Event {

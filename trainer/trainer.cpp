@@ -283,6 +283,13 @@ class Run {
     // Different flags, config files or data on different nodes would make the ranks' collectives disagree.
     group_.require_same_on_every_rank(run_fingerprint(o_, train_data_.size(), test_data_.size()),
                                       "run (its flags, config file and data)");
+    group_.run_on_every_rank([&] {
+      try {
+        timeline_.check_writable();
+      } catch (const std::runtime_error& e) {
+        throw SetUpError(e.what());
+      }
+    });
     timeline_.start_clock();  // every rank leaves that collective together: the ranks' traces share a time axis
 
     torch::manual_seed(static_cast<uint64_t>(o_.seed));

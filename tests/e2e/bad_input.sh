@@ -98,6 +98,9 @@ torch.save({'model': m.state_dict(), 'optimizer': o.state_dict(), 'lr_scheduler'
     touch "$work/file"
     small=(--train-limit 64 --test-limit 64 --epochs 1 --threads 1 --output-dir "$work/file/out")
     args=(); code=3; expect="cannot create --output-dir '$work/file/out'" ;;
+  # Found at start (exit 3), not when the trace is first written after the first epoch (exit 1).
+  timeline_unwritable) args=(--timeline "$work/nowhere/trace-{rank}.json"); code=3
+                  expect="cannot write --timeline '$work/nowhere/trace-" ;;
   ranks_disagree)
     # Two ranks started with different flags (an MPMD launch stands in for nodes with different config files).
     args=(); code=3; expect="error on rank 1: this rank's run (its flags, config file and data) differs from rank 0's: lr is 0.2 here but 0.1 on rank 0; make it the same on every rank"
