@@ -283,14 +283,6 @@ class Run {
     // Different flags, config files or data on different nodes would make the ranks' collectives disagree.
     group_.require_same_on_every_rank(run_fingerprint(o_, train_data_.size(), test_data_.size()),
                                       "run (its flags, config file and data)");
-    group_.run_on_every_rank([&] {
-      try {
-        timeline_.check_writable();
-      } catch (const std::runtime_error& e) {
-        throw SetUpError(e.what());
-      }
-    });
-    timeline_.start_clock();  // every rank leaves that collective together: the ranks' traces share a time axis
 
     torch::manual_seed(static_cast<uint64_t>(o_.seed));
     if (o_.sync_bn) {  // torchvision: SyncBatchNorm.convert_sync_batchnorm(model), before DDP wraps it
@@ -344,6 +336,16 @@ class Run {
     where.read_on_rank0_name = "--resume-broadcast";
     where.resume_auto_name = "--resume auto";
     checkpoints_ = std::make_unique<CheckpointManager>(group_, state, where);
+    // --timeline: a path it cannot write fails now, not after the first epoch (after the output folder exists, which
+    // may hold the trace).
+    group_.run_on_every_rank([&] {
+      try {
+        timeline_.check_writable();
+      } catch (const std::runtime_error& e) {
+        throw SetUpError(e.what());
+      }
+    });
+    timeline_.start_clock();  // every rank leaves that agreement together: the ranks' traces share a time axis
 
     start_epoch_ = o_.start_epoch;
     if (!o_.resume.empty()) {

@@ -42,9 +42,9 @@ print("PASSED: 4 steps, 8 bucket all-reduces, each step's first bucket sent duri
 PY
 
 mpirun --oversubscribe -np 2 sh -c '[ "$OMPI_COMM_WORLD_RANK" = 1 ] && sleep 1; exec "$@"' sh "$bin/ddptrain" --epochs 1 \
-  --train-limit 512 --test-limit 64 --threads 1 --output-dir "$work/out2" --timeline "$work/trace-{rank}.json" > /dev/null
-[ ! -e "$work/trace-{rank}.json" ] || fail "--timeline wrote the file name with {rank} in it"
-python3 - "$work/trace-0.json" "$work/trace-1.json" <<'PY'
+  --train-limit 512 --test-limit 64 --threads 1 --output-dir "$work/out2" --timeline "$work/out2/trace-{rank}.json" > /dev/null  # (out2 is created by the run)
+[ ! -e "$work/out2/trace-{rank}.json" ] || fail "--timeline wrote the file name with {rank} in it"
+python3 - "$work/out2/trace-0.json" "$work/out2/trace-1.json" <<'PY'
 import json, statistics, sys
 ends = []
 for rank, path in enumerate(sys.argv[1:]):
