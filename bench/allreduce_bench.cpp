@@ -94,6 +94,14 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // (0 bytes would double forever; a buffer holds whole floats)
+  if (min_bytes < 4 || min_bytes % 4 != 0 || max_bytes < min_bytes || max_bytes > (int64_t{1} << 40) ||
+      !(seconds > 0 && seconds <= 3600) || (!only.empty() && only != "ddprun" && only != "mpi")) {
+    std::fprintf(stderr,
+                 "allreduce_bench: --min-bytes must be a positive multiple of 4 and at most --max-bytes (1 TiB at "
+                 "most), --seconds in (0, 3600], --only ddprun or mpi\n");
+    return 2;
+  }
   {
     // The communicator starts MPI, as in a training program (with the settings it chooses: see
     // comm/mpi_communicator.cpp); the raw loop then runs on MPI_COMM_WORLD with Open MPI's own algorithm choice.

@@ -114,8 +114,12 @@ for ((r = 1; r <= repeats; r++)); do
       echo "$model compute-concurrent $r $both null" >> "$tmp/results"
       # The ceiling: the compute-concurrent step plus the all-reduce of the gradients (2 ranks: busbw = algbw).
       grad_bytes=$(sed -n 's/^GRADIENT bytes //p' "$tmp/c0")
+      [[ $grad_bytes =~ ^[1-9][0-9]*$ ]] ||
+        { echo "train_throughput.sh: train_compute_bench printed no gradient bytes for $model" >&2; exit 1; }
       busbw=$("${mpirun[@]}" "$build/bin/allreduce_bench" --min-bytes "$grad_bytes" --max-bytes "$grad_bytes" \
         --only ddprun --repeats 5 --seconds 0.2 | sed -n 's/^RESULT ddprun 2 [0-9]* \([0-9.]*\) .*/\1/p')
+      [[ $busbw =~ ^[0-9.]+$ && $busbw != 0.0000 ]] ||
+        { echo "train_throughput.sh: allreduce_bench gave no all-reduce time for $model ($grad_bytes bytes)" >&2; exit 1; }
       allreduce_ms=$(awk -v b="$grad_bytes" -v bw="$busbw" 'BEGIN { printf "%.3f", b / (bw * 1e9) * 1e3 }')
       echo "$model allreduce-ms $r $allreduce_ms $grad_bytes" >> "$tmp/allreduce"
       echo "$model ceiling $r $(awk -v c="$both" -v t="$allreduce_ms" 'BEGIN { print 128 / (128 / c + t / 1e3) }') null" \
