@@ -22,7 +22,6 @@ class Timeline {
   // rank records, else rank 0 only. Keeps at most `max_events` events (the first ones).
   Timeline(const std::string& path, int rank, size_t max_events = 50000);
   bool enabled() const { return !path_.empty(); }
-  const std::string& path() const { return path_; }
 
   // Time 0 of the trace. Call it on every rank just after a collective all of them leave together, so that the
   // ranks' files share a time axis (to within the collective's latency), also across nodes whose clocks differ.
