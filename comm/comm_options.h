@@ -28,7 +28,7 @@ struct CommOptions {
   // progress loop polls while it waits; where a rank's cores are all busy with forward and backward (CPU training,
   // as many compute threads as cores) that polling takes their time, and at 19 it runs only when a core is free or
   // the compute threads wait for it. That also gives up overlapping communication with backward, so it stays 0 by
-  // default: scripts/bench/comm_nice_ab.sh measured little either way on 2 cores (docs/performance.md).
+  // default: scripts/bench/comm_env_ab.sh measured little either way on 2 cores (docs/performance.md).
   int progress_nice = 0;
   // How the communication thread waits for ranks that have not reached a collective yet: false (the default) in
   // Open MPI's blocking call, which polls and holds a core until the last rank arrives; true behind an MPI_Ibarrier

@@ -337,15 +337,17 @@ class Run {
     where.resume_auto_name = "--resume auto";
     checkpoints_ = std::make_unique<CheckpointManager>(group_, state, where);
     // --timeline: a path it cannot write fails now, not after the first epoch (after the output folder exists, which
-    // may hold the trace).
-    group_.run_on_every_rank([&] {
-      try {
-        timeline_.check_writable();
-      } catch (const std::runtime_error& e) {
-        throw SetUpError(e.what());
-      }
-    });
-    timeline_.start_clock();  // every rank leaves that agreement together: the ranks' traces share a time axis
+    // may hold the trace). The flags are the same on every rank (checked above), so all of them agree here or none.
+    if (!o_.timeline.empty()) {
+      group_.run_on_every_rank([&] {
+        try {
+          timeline_.check_writable();
+        } catch (const std::runtime_error& e) {
+          throw SetUpError(e.what());
+        }
+      });
+      timeline_.start_clock();  // every rank leaves that agreement together: the ranks' traces share a time axis
+    }
 
     start_epoch_ = o_.start_epoch;
     if (!o_.resume.empty()) {

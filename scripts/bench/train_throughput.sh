@@ -135,6 +135,13 @@ done
 
 echo
 # Per model: medians and ranges over repeats; ratios paired within a repeat; the targets.
+# paired NUMERATOR: per repeat of $model, NUMERATOR's images/s over $base's (the first pass collects the numerator's
+# figure of each repeat, whichever ran first in it).
+paired() {
+  awk -v m="$model" -v a="$1" -v b="$base" 'NR == FNR { if ($1 == m && $2 == a) d[$3] = $4; next }
+    $1 == m && $2 == b && ($3 in d) { printf "%.3f\n", d[$3] / $4 }' "$tmp/results" "$tmp/results"
+}
+median_of() { awk '{ print "ratio", $1 }' | awk -f scripts/bench/summarize.awk; }
 json=""
 for model in $models; do
   awk -v m="$model" '$1 == m { print $2, $4 }' "$tmp/results" | awk -f scripts/bench/summarize.awk > "$tmp/stats"
@@ -153,12 +160,6 @@ for model in $models; do
       *) target="" ;;
     esac
     [ -n "$hosts" ] && target=""
-    # Paired by repeat: the first pass collects the numerator's figure of each repeat, whichever ran first in it.
-    paired() {
-      awk -v m="$model" -v a="$1" -v b="$base" 'NR == FNR { if ($1 == m && $2 == a) d[$3] = $4; next }
-        $1 == m && $2 == b && ($3 in d) { printf "%.3f\n", d[$3] / $4 }' "$tmp/results" "$tmp/results"
-    }
-    median_of() { awk '{ print "ratio", $1 }' | awk -f scripts/bench/summarize.awk; }
     paired ddprun > "$tmp/ratios"
     [ -s "$tmp/ratios" ] || continue
     read -r _ ratio lo hi _ < <(median_of < "$tmp/ratios")
