@@ -9,11 +9,13 @@
 #                  glibc's defaults Python pays a page fault per fresh page of every large tensor, every step;
 #   compute-limit: twice the images/s of one process doing only forward, backward, SGD step on ready batches
 #                  (bench/train_compute_bench.cpp); besides, without a target, compute-concurrent: the sum of two
-#                  such processes run at the same time (sharing caches and memory bandwidth as two ranks do), and
-#   ceiling:       what 2 ranks can reach on these cores: each rank's step takes at least the compute-concurrent step
-#                  plus one all-reduce of all its gradients by ddprun's communicator with both ranks ready and nothing
-#                  else running (bench/allreduce_bench.cpp at the model's gradient bytes): with every core busy
-#                  computing, the all-reduce's copies and sums cannot hide behind backward, they take the same cores.
+#                  such processes run at the same time (sharing caches and memory bandwidth as two ranks do);
+#                  compute-lockstep: the same two processes stepping together, as synchronous data-parallel training
+#                  must (after each backward both wait, asleep, for the slower one: --processes 2 --lockstep), and
+#   ceiling:       what 2 ranks can reach on these cores: each step takes at least the compute-lockstep step plus one
+#                  all-reduce of all its gradients by ddprun's communicator with both ranks ready and nothing else
+#                  running (bench/allreduce_bench.cpp at the model's gradient bytes): with every core busy computing,
+#                  the all-reduce's copies and sums cannot hide behind backward, they take the same cores.
 #                  Where a target is missed and the ceiling itself is below it (the paired ratio ceiling / baseline),
 #                  the verdict says the target is out of reach on this machine.
 # All run back to back in each repeat (ddprun and per-param in alternating order); a run's images/s is the median
@@ -21,7 +23,7 @@
 # the medians and ranges over repeats, the paired ratios (per repeat) with the issue's targets (and the ceiling's
 # ratio to the same baseline), and one JSON line per model and impl, after a step breakdown per model and rank
 # (scripts/bench/timeline_summary.py on one more ddptrain run's --timeline, beside the compute-only step):
-#   {"impl": "ddprun"|"per-param"|"pytorch-ddp"|"compute-limit"|"compute-concurrent"|"ceiling", "model": m, "ranks": 2, "images_per_sec": x, "test_acc1": a}
+#   {"impl": "ddprun"|"per-param"|"pytorch-ddp"|"compute-limit"|"compute-concurrent"|"compute-lockstep"|"ceiling", "model": m, "ranks": 2, "images_per_sec": x, "test_acc1": a}
 #   (with --hosts: "ranks": N, "hosts": H before "images_per_sec")
 #   scripts/bench/train_throughput.sh [--repeats R] [--epochs E] [--models "mnist_cnn mlp resnet18"] [--quick]
 #                                     [--hosts node1:2,node2:2 [--link-rate 1gbit]]
@@ -72,6 +74,8 @@ if [ -n "$hosts" ]; then
   mpirun=(scripts/cluster/cluster.sh exec "$master" mpirun -H "$hosts" -np "$ranks" --bind-to none
     --mca plm_rsh_agent "$PWD/scripts/cluster/rsh-agent.sh" -x OMP_NUM_THREADS)
 fi
+# The images/s of train_compute_bench --processes 2 in file $1: the sum of its two processes' RESULT lines.
+sum_of_results() { sed -n 's/^RESULT .* images_per_sec //p' "$1" | awk '{ s += $1; n++ } END { if (n == 2) print s }'; }
 median_after_first() { tail -n +2 | awk '{ print "x", $1 }' | awk -f scripts/bench/summarize.awk | cut -d' ' -f2; }
 
 echo "# machine: $cores cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
@@ -108,11 +112,17 @@ for ((r = 1; r <= repeats; r++)); do
       "${compute[@]}" > "$tmp/c0"
       one=$(sed -n 's/^RESULT .* images_per_sec //p' "$tmp/c0")
       echo "$model compute-limit $r $(awk -v x="$one" 'BEGIN { print 2 * x }') null" >> "$tmp/results"
-      # Not a target, but what the limit is when two processes share the machine's caches and memory bandwidth.
-      "${compute[@]}" > "$tmp/c1" & "${compute[@]}" > "$tmp/c2"; wait
-      both=$(sed -n 's/^RESULT .* images_per_sec //p' "$tmp/c1" "$tmp/c2" | awk '{ s += $1 } END { print s }')
+      # Not targets: the limit when two processes share the machine's caches and memory bandwidth, and when they
+      # also wait for each other every step (each step then takes as long as the slower process's).
+      "${compute[@]}" --processes 2 > "$tmp/c1"
+      both=$(sum_of_results "$tmp/c1")
+      "${compute[@]}" --processes 2 --lockstep > "$tmp/c2"
+      lockstep=$(sum_of_results "$tmp/c2")
+      [ -n "$both" ] && [ -n "$lockstep" ] ||
+        { echo "train_throughput.sh: train_compute_bench --processes 2 printed no two results for $model" >&2; exit 1; }
       echo "$model compute-concurrent $r $both null" >> "$tmp/results"
-      # The ceiling: the compute-concurrent step plus the all-reduce of the gradients (2 ranks: busbw = algbw).
+      echo "$model compute-lockstep $r $lockstep null" >> "$tmp/results"
+      # The ceiling: the compute-lockstep step plus the all-reduce of the gradients (2 ranks: busbw = algbw).
       grad_bytes=$(sed -n 's/^GRADIENT bytes //p' "$tmp/c0")
       [[ $grad_bytes =~ ^[1-9][0-9]*$ ]] ||
         { echo "train_throughput.sh: train_compute_bench printed no gradient bytes for $model" >&2; exit 1; }
@@ -122,13 +132,13 @@ for ((r = 1; r <= repeats; r++)); do
         { echo "train_throughput.sh: allreduce_bench gave no all-reduce time for $model ($grad_bytes bytes)" >&2; exit 1; }
       allreduce_ms=$(awk -v b="$grad_bytes" -v bw="$busbw" 'BEGIN { printf "%.3f", b / (bw * 1e9) * 1e3 }')
       echo "$model allreduce-ms $r $allreduce_ms $grad_bytes" >> "$tmp/allreduce"
-      echo "$model ceiling $r $(awk -v c="$both" -v t="$allreduce_ms" 'BEGIN { print 128 / (128 / c + t / 1e3) }') null" \
+      echo "$model ceiling $r $(awk -v c="$lockstep" -v t="$allreduce_ms" 'BEGIN { print 128 / (128 / c + t / 1e3) }') null" \
         >> "$tmp/results"
     fi
     awk 'NF != 5 { exit 1 }' "$tmp/results" ||
       { echo "train_throughput.sh: a run of $model printed no result: $(awk 'NF != 5' "$tmp/results")" >&2; exit 1; }
-    grep "^$model .* $r [^ ]* [^ ]*$" "$tmp/results" | tail -n "$([ -n "$hosts" ] && echo 3 || echo 6)" |
-      awk '{ printf "run %d  %-9s %-13s images/s %8.1f  test_acc1 %s\n", $3, $1, $2, $4, $5 }'
+    grep "^$model .* $r [^ ]* [^ ]*$" "$tmp/results" | tail -n "$([ -n "$hosts" ] && echo 3 || echo 7)" |
+      awk '{ printf "run %d  %-9s %-18s images/s %8.1f  test_acc1 %s\n", $3, $1, $2, $4, $5 }'
     [ -n "$hosts" ] || echo "run $r  $model all-reduce of the gradients ($grad_bytes bytes), both ranks ready: $allreduce_ms ms"
   done
 done
@@ -147,11 +157,11 @@ for model in $models; do
   awk -v m="$model" '$1 == m { print $2, $4 }' "$tmp/results" | awk -f scripts/bench/summarize.awk > "$tmp/stats"
   while read -r impl ips lo hi runs; do
     acc=$(awk -v m="$model" -v i="$impl" '$1 == m && $2 == i { print $5 }' "$tmp/results" | tail -n 1)
-    printf '%-9s %-13s images/s median %8.1f (range %.1f-%.1f, %d runs)  test_acc1 %s\n' "$model" "$impl" "$ips" "$lo" "$hi" "$runs" "$acc"
+    printf '%-9s %-18s images/s median %8.1f (range %.1f-%.1f, %d runs)  test_acc1 %s\n' "$model" "$impl" "$ips" "$lo" "$hi" "$runs" "$acc"
     json+=$(printf '{"impl": "%s", "model": "%s", "ranks": %d, %s"images_per_sec": %.1f, "test_acc1": %s}\\n' "$impl" \
       "$model" "$ranks" "${hosts:+\"hosts\": \"$hosts\", }" "$ips" "$acc")
   done < "$tmp/stats"
-  for base in compute-limit compute-concurrent ceiling pytorch-ddp per-param; do
+  for base in compute-limit compute-concurrent compute-lockstep ceiling pytorch-ddp per-param; do
     case "$model/$base" in
       mnist_cnn/compute-limit) target=0.95 ;;
       mnist_cnn/pytorch-ddp | mlp/pytorch-ddp) target=1.15 ;;
@@ -174,13 +184,13 @@ for model in $models; do
         if (x < t && c < t) why = (b == "compute-limit" || c >= 1) ? ": out of reach here" : ": the baseline ran above it, no bound"
         printf " (ceiling / %s %.2f%s)", b, c, why }')
     fi
-    printf '%-9s ddprun / %-13s median %.2f (range %.2f-%.2f; per repeat %s)  %s\n' "$model" "$base" "$ratio" "$lo" \
+    printf '%-9s ddprun / %-18s median %.2f (range %.2f-%.2f; per repeat %s)  %s\n' "$model" "$base" "$ratio" "$lo" \
       "$hi" "$(paste -sd' ' "$tmp/ratios")" "$verdict"
   done
 done
 # Where a ddptrain step's time goes (one more run per model, each rank's --timeline), beside the compute-only step of
-# one process alone and of two at once (from the medians above) and the ceiling; the ranks' lines differ where one
-# rank waits for the other.
+# one process alone, of two at once and of two in lockstep (from the medians above) and the ceiling; the ranks' lines
+# differ where one rank waits for the other.
 if [ -z "$hosts" ]; then
   echo
   for model in $models; do
@@ -192,11 +202,13 @@ if [ -z "$hosts" ]; then
       awk -f scripts/bench/summarize.awk | cut -d' ' -f2)
     both=$(awk -v m="$model" '$1 == m && $2 == "compute-concurrent" { print "x", $4 }' "$tmp/results" |
       awk -f scripts/bench/summarize.awk | cut -d' ' -f2)
+    lockstep=$(awk -v m="$model" '$1 == m && $2 == "compute-lockstep" { print "x", $4 }' "$tmp/results" |
+      awk -f scripts/bench/summarize.awk | cut -d' ' -f2)
     allreduce=$(awk -v m="$model" '$1 == m { print "x", $4 }' "$tmp/allreduce" | awk -f scripts/bench/summarize.awk |
       cut -d' ' -f2)
-    awk -v m="$model" -v b="$breakdown" -v a="$alone" -v c="$both" -v t="$allreduce" 'BEGIN {
-      printf "%-9s ddptrain %s; compute only: %.2f ms alone, %.2f ms two at once; + all-reduce %.2f ms = ceiling %.2f ms\n",
-        m, b, 64000 / (a / 2), 64000 / (c / 2), t, 64000 / (c / 2) + t }'
+    awk -v m="$model" -v b="$breakdown" -v a="$alone" -v c="$both" -v l="$lockstep" -v t="$allreduce" 'BEGIN {
+      printf "%-9s ddptrain %s; compute only: %.2f ms alone, %.2f ms two at once, %.2f ms in lockstep; + all-reduce %.2f ms = ceiling %.2f ms\n",
+        m, b, 64000 / (a / 2), 64000 / (c / 2), 64000 / (l / 2), t, 64000 / (l / 2) + t }'
     printf '%-9s rank 1:  %s\n' "$model" "$("$python" scripts/bench/timeline_summary.py "$tmp/timeline-1.json")"
   done
 fi

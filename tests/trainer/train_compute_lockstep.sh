@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# train_compute_bench --processes 2 --lockstep, the benchmark's model of synchronous data-parallel steps: the two
+# compute-only processes step together, so their images/s agree and each says how long it waited for the other;
+# without --lockstep each runs at its own pace; --lockstep without --processes is refused; and when one process dies
+# the other stops with an error instead of waiting for ever.
+# Usage: train_compute_lockstep.sh BUILD_DIR
+set -euo pipefail
+. "$(dirname "$0")/../e2e/common.sh"
+bench=("$1/bin/train_compute_bench" --model mnist_cnn -b 32 --ranks 2 --threads 1)
+
+"${bench[@]}" --samples 512 --epochs 2 --processes 2 --lockstep > "$work/lockstep" || fail "the lockstep run failed"
+cat "$work/lockstep"
+[ "$(grep -c '^RESULT model mnist_cnn images_per_sec' "$work/lockstep")" = 2 ] || fail "not one result per process"
+[ "$(grep -c '^GRADIENT bytes' "$work/lockstep")" = 1 ] || fail "not one gradient size"
+for p in 0 1; do
+  for e in 0 1; do
+    grep -qE "^process $p epoch $e images/s [0-9.]+  per step: .* waiting for the others [0-9.]+ ms, " "$work/lockstep" ||
+      fail "no epoch $e line with its wait from process $p"
+  done
+done
+# Stepping together, the two finish each epoch together: their figures agree to 1%.
+sed -n 's/^RESULT .* images_per_sec //p' "$work/lockstep" | paste -sd' ' |
+  awk '{ exit !(($1 - $2) ^ 2 < (0.01 * $1) ^ 2) }' || fail "the lockstep processes' images/s differ by more than 1%"
+
+"${bench[@]}" --samples 512 --epochs 2 --processes 2 > "$work/together" || fail "the --processes 2 run failed"
+[ "$(grep -c '^RESULT model mnist_cnn images_per_sec' "$work/together")" = 2 ] || fail "not one result per process"
+! grep -q "waiting for the others" "$work/together" || fail "processes not in lockstep said they waited"
+
+code=0
+"${bench[@]}" --samples 512 --epochs 2 --lockstep > /dev/null 2> "$work/err" || code=$?
+[ "$code" = 2 ] && grep -q -- "--lockstep needs --processes 2 or more" "$work/err" || fail "--lockstep alone: exit $code, $(cat "$work/err")"
+
+# Process 1 killed mid-run: process 0 must not wait for it for ever (nor for its 60 s timeout).
+"${bench[@]}" --samples 2048 --epochs 50 --processes 2 --lockstep > "$work/out" 2> "$work/err" &
+parent=$!
+wait_for_file_content() { for _ in $(seq 600); do grep -q "$1" "$work/out" && return 0; sleep 0.05; done; fail "no '$1' in 30 s"; }
+wait_for_file_content "^process 1 epoch 0"
+child=$(pgrep -P "$parent")
+kill -KILL "$child"
+start=$(date +%s)
+code=0
+wait "$parent" || code=$?
+elapsed=$(($(date +%s) - start))
+cat "$work/err"
+[ "$code" = 1 ] || fail "process 0 ended with $code, not 1, when process 1 was killed"
+[ "$elapsed" -le 10 ] || fail "process 0 took $elapsed s to notice that process 1 was killed"
+grep -q "process 0: lockstep wait for the other processes failed" "$work/err" || fail "no error naming the lockstep wait"
+echo PASSED
