@@ -139,7 +139,14 @@ for ((r = 1; r <= repeats; r++)); do
       { echo "train_throughput.sh: a run of $model printed no result: $(awk 'NF != 5' "$tmp/results")" >&2; exit 1; }
     grep "^$model .* $r [^ ]* [^ ]*$" "$tmp/results" | tail -n "$([ -n "$hosts" ] && echo 3 || echo 7)" |
       awk '{ printf "run %d  %-9s %-18s images/s %8.1f  test_acc1 %s\n", $3, $1, $2, $4, $5 }'
-    [ -n "$hosts" ] || echo "run $r  $model all-reduce of the gradients ($grad_bytes bytes), both ranks ready: $allreduce_ms ms"
+    if [ -z "$hosts" ]; then
+      echo "run $r  $model all-reduce of the gradients ($grad_bytes bytes), both ranks ready: $allreduce_ms ms"
+      # Where lockstep loses to two at once: one process slower than the other (a slower core), the other waiting.
+      echo "run $r  $model two at once, each process: $(sed -n 's/^RESULT .* images_per_sec //p' "$tmp/c1" |
+        paste -sd' ' | sed 's/ / and /') images/s; in lockstep, waiting for the other per step in the last epoch: $(
+        sed -n "s/^process [01] epoch $((epochs - 1)) .* waiting for the others \([0-9.]*\) ms.*/\1/p" "$tmp/c2" |
+        paste -sd' ' | sed 's/ / and /') ms"
+    fi
   done
 done
 

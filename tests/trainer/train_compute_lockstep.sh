@@ -8,7 +8,7 @@ set -euo pipefail
 . "$(dirname "$0")/../e2e/common.sh"
 bench=("$1/bin/train_compute_bench" --model mnist_cnn -b 32 --ranks 2 --threads 1)
 
-"${bench[@]}" --samples 512 --epochs 2 --processes 2 --lockstep > "$work/lockstep" || fail "the lockstep run failed"
+"${bench[@]}" --samples 2048 --epochs 2 --processes 2 --lockstep > "$work/lockstep" || fail "the lockstep run failed"
 cat "$work/lockstep"
 [ "$(grep -c '^RESULT model mnist_cnn images_per_sec' "$work/lockstep")" = 2 ] || fail "not one result per process"
 [ "$(grep -c '^GRADIENT bytes' "$work/lockstep")" = 1 ] || fail "not one gradient size"
@@ -18,9 +18,10 @@ for p in 0 1; do
       fail "no epoch $e line with its wait from process $p"
   done
 done
-# Stepping together, the two finish each epoch together: their figures agree to 1%.
+# Stepping together, the two finish each epoch together (32 steps, ~1 s; only the last optimizer step is not waited
+# for): their figures agree to 2%.
 sed -n 's/^RESULT .* images_per_sec //p' "$work/lockstep" | paste -sd' ' |
-  awk '{ exit !(($1 - $2) ^ 2 < (0.01 * $1) ^ 2) }' || fail "the lockstep processes' images/s differ by more than 1%"
+  awk '{ exit !(($1 - $2) ^ 2 < (0.02 * $1) ^ 2) }' || fail "the lockstep processes' images/s differ by more than 2%"
 
 "${bench[@]}" --samples 512 --epochs 2 --processes 2 > "$work/together" || fail "the --processes 2 run failed"
 [ "$(grep -c '^RESULT model mnist_cnn images_per_sec' "$work/together")" = 2 ] || fail "not one result per process"
@@ -44,5 +45,5 @@ elapsed=$(($(date +%s) - start))
 cat "$work/err"
 [ "$code" = 1 ] || fail "process 0 ended with $code, not 1, when process 1 was killed"
 [ "$elapsed" -le 10 ] || fail "process 0 took $elapsed s to notice that process 1 was killed"
-grep -q "process 0: lockstep wait for the other processes failed" "$work/err" || fail "no error naming the lockstep wait"
+grep -qE "^train_compute_bench: process 0: lockstep (wait for|signal to) the other processes failed \(Broken pipe\)$" "$work/err" || fail "no error naming the lockstep wait"
 echo PASSED

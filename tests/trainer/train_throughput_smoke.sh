@@ -20,6 +20,8 @@ for model in mnist_cnn mlp resnet18; do
   awk -v c="$(ips compute-lockstep)" -v t="$allreduce_ms" -v x="$(ips ceiling)" \
     'BEGIN { e = 128 / (128 / c + t / 1e3); exit !(t > 0 && x < c && (x - e) ^ 2 < (0.001 * e) ^ 2) }' ||
     fail "$model: ceiling $(ips ceiling) is not compute-lockstep $(ips compute-lockstep) with a $allreduce_ms ms all-reduce"
+  grep -qE "^run 1  $model two at once, each process: [0-9.]+ and [0-9.]+ images/s; in lockstep, waiting for the other per step in the last epoch: [0-9.]+ and [0-9.]+ ms$" \
+    "$work/out" || fail "no per-process figures of the compute-only runs for $model"
   # (resnet18's BatchNorm statistics: DDP sends rank 0's before each forward, per-param only at the start)
   [ "$model" = resnet18 ] || [ "$(acc ddprun)" = "$(acc per-param)" ] || fail "$model: ddprun and per-param accuracies differ: $(acc ddprun) vs $(acc per-param)"
   grep -q "^$model  *ddprun / compute-limit  *median" "$work/out" || fail "no ratio to the compute limit for $model"
