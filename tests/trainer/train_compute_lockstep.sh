@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # train_compute_bench --processes 2 --lockstep, the benchmark's model of synchronous data-parallel steps: the two
-# compute-only processes step together, so their images/s agree and each says how long it waited for the other;
+# compute-only processes step together, so their images/s agree and each says how long it waited for the other
+# (as a wait, not as backward: stopped for 0.6 s, one makes the other wait);
 # without --lockstep each runs at its own pace; --lockstep without --processes is refused; and when one process dies
 # the other stops with an error instead of waiting for ever.
 # Usage: train_compute_lockstep.sh BUILD_DIR
@@ -22,6 +23,24 @@ done
 # for): their figures agree to 2%.
 sed -n 's/^RESULT .* images_per_sec //p' "$work/lockstep" | paste -sd' ' |
   awk '{ exit !(($1 - $2) ^ 2 < (0.02 * $1) ^ 2) }' || fail "the lockstep processes' images/s differ by more than 2%"
+
+# Process 1 stopped for 0.6 s inside epoch 1: process 0 waits for it, and says so as a wait, not as backward (each
+# epoch line's phases add up to its step time, batch / images/s).
+"${bench[@]}" --samples 2048 --epochs 3 --processes 2 --lockstep > "$work/stopped" &
+parent=$!
+for _ in $(seq 600); do grep -q "^process 1 epoch 0" "$work/stopped" && break; sleep 0.05; done
+sleep 0.3
+child=$(pgrep -P "$parent")
+kill -STOP "$child"
+sleep 0.6
+kill -CONT "$child"
+wait "$parent" || fail "the lockstep run with a stopped process failed"
+cat "$work/stopped"
+sed -n 's/^process 0 epoch 1 .* waiting for the others \([0-9.]*\) ms.*/\1/p' "$work/stopped" |
+  awk '{ exit !($1 >= 10) }' || fail "process 0 did not wait >= 10 ms per step in epoch 1 while process 1 was stopped"
+awk '/^process [01] epoch/ { step = 32000 / $6; for (i = 1; i <= NF; i++) if ($i == "ms,") sum += $(i - 1)
+  sum += $(NF - 1); if ((sum - step) ^ 2 > (0.05 * step + 0.5) ^ 2) { print; bad = 1 }; sum = 0 } END { exit bad }' \
+  "$work/stopped" || fail "an epoch line's phases do not add up to its step time"
 
 "${bench[@]}" --samples 512 --epochs 2 --processes 2 > "$work/together" || fail "the --processes 2 run failed"
 [ "$(grep -c '^RESULT model mnist_cnn images_per_sec' "$work/together")" = 2 ] || fail "not one result per process"
