@@ -74,8 +74,10 @@ if [ -n "$hosts" ]; then
   mpirun=(scripts/cluster/cluster.sh exec "$master" mpirun -H "$hosts" -np "$ranks" --bind-to none
     --mca plm_rsh_agent "$PWD/scripts/cluster/rsh-agent.sh" -x OMP_NUM_THREADS)
 fi
-# The images/s of train_compute_bench --processes 2 in file $1: the sum of its two processes' RESULT lines.
-sum_of_results() { sed -n 's/^RESULT .* images_per_sec //p' "$1" | awk '{ s += $1; n++ } END { if (n == 2) print s }'; }
+# train_compute_bench's output in file $1: the images/s of each RESULT line (one per process), and with
+# --processes 2 their sum.
+results_of() { sed -n 's/^RESULT .* images_per_sec //p' "$1"; }
+sum_of_results() { results_of "$1" | awk '{ s += $1; n++ } END { if (n == 2) print s }'; }
 median_after_first() { tail -n +2 | awk '{ print "x", $1 }' | awk -f scripts/bench/summarize.awk | cut -d' ' -f2; }
 
 echo "# machine: $cores cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
@@ -110,7 +112,7 @@ for ((r = 1; r <= repeats; r++)); do
     if [ -z "$hosts" ]; then
       compute=("$build/bin/train_compute_bench" --model "$model" -b 64 --samples "$n" --epochs "$epochs" --ranks 2 --threads 1)
       "${compute[@]}" > "$tmp/c0"
-      one=$(sed -n 's/^RESULT .* images_per_sec //p' "$tmp/c0")
+      one=$(results_of "$tmp/c0")
       echo "$model compute-limit $r $(awk -v x="$one" 'BEGIN { print 2 * x }') null" >> "$tmp/results"
       # Not targets: the limit when two processes share the machine's caches and memory bandwidth, and when they
       # also wait for each other every step (each step then takes as long as the slower process's).
@@ -142,8 +144,8 @@ for ((r = 1; r <= repeats; r++)); do
     if [ -z "$hosts" ]; then
       echo "run $r  $model all-reduce of the gradients ($grad_bytes bytes), both ranks ready: $allreduce_ms ms"
       # Where lockstep loses to two at once: one process slower than the other (a slower core), the other waiting.
-      echo "run $r  $model two at once, each process: $(sed -n 's/^RESULT .* images_per_sec //p' "$tmp/c1" |
-        paste -sd' ' | sed 's/ / and /') images/s; in lockstep, waiting for the other per step in the last epoch: $(
+      echo "run $r  $model two at once, each process: $(results_of "$tmp/c1" | paste -sd' ' |
+        sed 's/ / and /') images/s; in lockstep, waiting for the other per step in the last epoch: $(
         sed -n "s/^process [01] epoch $((epochs - 1)) .* waiting for the others \([0-9.]*\) ms.*/\1/p" "$tmp/c2" |
         paste -sd' ' | sed 's/ / and /') ms"
     fi
