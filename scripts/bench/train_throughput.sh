@@ -197,6 +197,11 @@ for model in $models; do
       "$hi" "$(paste -sd' ' "$tmp/ratios")" "$verdict"
   done
 done
+# median_over_repeats ROW FILE: the median over repeats of $model's ROW (4th field) in FILE.
+median_over_repeats() {
+  awk -v m="$model" -v i="$1" '$1 == m && $2 == i { print "x", $4 }' "$2" | awk -f scripts/bench/summarize.awk |
+    cut -d' ' -f2
+}
 # Where a ddptrain step's time goes (one more run per model, each rank's --timeline), beside the compute-only step of
 # one process alone, of two at once and of two in lockstep (from the medians above) and the ceiling; the ranks' lines
 # differ where one rank waits for the other.
@@ -207,14 +212,10 @@ if [ -z "$hosts" ]; then
     "${mpirun[@]}" "$build/bin/ddptrain" --model "$model" -b 64 --epochs "$epochs" --train-limit "${samples[$model]}" \
       --test-limit "$test_limit" --threads 1 --output-dir "$tmp/out" --timeline "$tmp/timeline-{rank}.json" > /dev/null
     breakdown=$("$python" scripts/bench/timeline_summary.py "$tmp/timeline-0.json")
-    alone=$(awk -v m="$model" '$1 == m && $2 == "compute-limit" { print "x", $4 }' "$tmp/results" |
-      awk -f scripts/bench/summarize.awk | cut -d' ' -f2)
-    both=$(awk -v m="$model" '$1 == m && $2 == "compute-concurrent" { print "x", $4 }' "$tmp/results" |
-      awk -f scripts/bench/summarize.awk | cut -d' ' -f2)
-    lockstep=$(awk -v m="$model" '$1 == m && $2 == "compute-lockstep" { print "x", $4 }' "$tmp/results" |
-      awk -f scripts/bench/summarize.awk | cut -d' ' -f2)
-    allreduce=$(awk -v m="$model" '$1 == m { print "x", $4 }' "$tmp/allreduce" | awk -f scripts/bench/summarize.awk |
-      cut -d' ' -f2)
+    alone=$(median_over_repeats compute-limit "$tmp/results")
+    both=$(median_over_repeats compute-concurrent "$tmp/results")
+    lockstep=$(median_over_repeats compute-lockstep "$tmp/results")
+    allreduce=$(median_over_repeats allreduce-ms "$tmp/allreduce")
     awk -v m="$model" -v b="$breakdown" -v a="$alone" -v c="$both" -v l="$lockstep" -v t="$allreduce" 'BEGIN {
       printf "%-9s ddptrain %s; compute only: %.2f ms alone, %.2f ms two at once, %.2f ms in lockstep; + all-reduce %.2f ms = ceiling %.2f ms\n",
         m, b, 64000 / (a / 2), 64000 / (c / 2), 64000 / (l / 2), t, 64000 / (l / 2) + t }'
