@@ -45,31 +45,35 @@ using namespace ddprun::trainer;
 namespace {
 
 // A barrier of P forked processes on pipes: process 0 collects one byte from each of the others, then answers each.
-// A process waiting in it sleeps in poll() and leaves its core to the others. Gives up after a minute (a process that
-// died would otherwise leave the rest waiting for ever).
+// Each of the others has a pipe of its own each way, which only it and process 0 hold open, so when one dies process 0
+// reads the end of its pipe at once (and ends, taking the others with it: PR_SET_PDEATHSIG). A process waiting in it
+// sleeps in poll() and leaves its core to the others. Gives up after a minute (a process stopped for that long).
 class PipeBarrier {
  public:
-  explicit PipeBarrier(int processes) : down_(static_cast<size_t>(processes)) {
-    if (pipe(up_) != 0) fail("pipe");
-    for (auto& d : down_)
-      if (pipe(d.data()) != 0) fail("pipe");
+  explicit PipeBarrier(int processes) : up_(static_cast<size_t>(processes)), down_(static_cast<size_t>(processes)) {
+    for (size_t k = 1; k < up_.size(); ++k)
+      if (pipe(up_[k].data()) != 0 || pipe(down_[k].data()) != 0) fail("pipe");
   }
-  // In process `index` after fork: close the ends this process does not use.
+  // In process `index` after fork: close the ends this process does not use (all of the other processes' pipes).
   void keep_ends_of(int index) {
     index_ = index;
-    ::close(up_[index == 0 ? 1 : 0]);  // process 0 reads the others' bytes, they write them
-    for (size_t k = 0; k < down_.size(); ++k) {
-      if (index != 0 || k == 0) ::close(down_[k][1]);
-      if (static_cast<int>(k) != index || k == 0) ::close(down_[k][0]);
+    for (size_t k = 1; k < up_.size(); ++k) {
+      const bool mine = static_cast<int>(k) == index;
+      if (index != 0 && !mine) {
+        for (int fd : {up_[k][0], up_[k][1], down_[k][0], down_[k][1]}) ::close(fd);
+        continue;
+      }
+      ::close(index == 0 ? up_[k][1] : up_[k][0]);  // process 0 reads the others' bytes, they write them
+      ::close(index == 0 ? down_[k][0] : down_[k][1]);
     }
   }
   void wait() {
     char byte = 0;
     if (index_ == 0) {
-      for (size_t k = 1; k < down_.size(); ++k) read_one(up_[0]);
+      for (size_t k = 1; k < up_.size(); ++k) read_one(up_[k][0]);
       for (size_t k = 1; k < down_.size(); ++k) write_one(down_[k][1], byte);
     } else {
-      write_one(up_[1], byte);
+      write_one(up_[static_cast<size_t>(index_)][1], byte);
       read_one(down_[static_cast<size_t>(index_)][0]);
     }
   }
@@ -105,8 +109,7 @@ class PipeBarrier {
     if (put != 1) fail("signal to the other processes");
   }
 
-  int up_[2] = {-1, -1};
-  std::vector<std::array<int, 2>> down_;
+  std::vector<std::array<int, 2>> up_, down_;  // [k]: process k's pipes to and from process 0 (k >= 1)
   int index_ = 0;
 };
 

@@ -3,7 +3,7 @@
 # compute-only processes step together, so their images/s agree and each says how long it waited for the other
 # (as a wait, not as backward: stopped for 0.6 s, one makes the other wait);
 # without --lockstep each runs at its own pace; --lockstep without --processes is refused; and when one process dies
-# the other stops with an error instead of waiting for ever.
+# the others stop with an error instead of waiting for ever (two processes or three).
 # Usage: train_compute_lockstep.sh BUILD_DIR
 set -euo pipefail
 . "$(dirname "$0")/../e2e/common.sh"
@@ -50,19 +50,28 @@ code=0
 "${bench[@]}" --samples 512 --epochs 2 --lockstep > /dev/null 2> "$work/err" || code=$?
 [ "$code" = 2 ] && grep -q -- "--lockstep needs --processes 2 or more" "$work/err" || fail "--lockstep alone: exit $code, $(cat "$work/err")"
 
-# Process 1 killed mid-run: process 0 must not wait for it for ever (nor for its 60 s timeout).
-"${bench[@]}" --samples 2048 --epochs 50 --processes 2 --lockstep > "$work/out" 2> "$work/err" &
-parent=$!
+# One process killed mid-run: process 0 must not wait for it for ever (nor for its 60 s timeout), with two processes
+# and with three (where the third, still alive, must not hide the death of the second).
 wait_for_file_content() { for _ in $(seq 600); do grep -q "$1" "$work/out" && return 0; sleep 0.05; done; fail "no '$1' in 30 s"; }
-wait_for_file_content "^process 1 epoch 0"
-child=$(pgrep -P "$parent")
-kill -KILL "$child"
-start=$(date +%s)
-code=0
-wait "$parent" || code=$?
-elapsed=$(($(date +%s) - start))
-cat "$work/err"
-[ "$code" = 1 ] || fail "process 0 ended with $code, not 1, when process 1 was killed"
-[ "$elapsed" -le 10 ] || fail "process 0 took $elapsed s to notice that process 1 was killed"
-grep -qE "^train_compute_bench: process 0: lockstep (wait for|signal to) the other processes failed \(Broken pipe\)$" "$work/err" || fail "no error naming the lockstep wait"
+for processes in 2 3; do
+  "${bench[@]}" --samples 2048 --epochs 50 --processes "$processes" --lockstep > "$work/out" 2> "$work/err" &
+  parent=$!
+  wait_for_file_content "^process $((processes - 1)) epoch 0"
+  children=$(pgrep -P "$parent")
+  child=$(pgrep -n -P "$parent")
+  kill -KILL "$child"
+  start=$(date +%s)
+  code=0
+  wait "$parent" || code=$?
+  elapsed=$(($(date +%s) - start))
+  cat "$work/err"
+  [ "$code" = 1 ] || fail "process 0 of $processes ended with $code, not 1, when another was killed"
+  [ "$elapsed" -le 10 ] || fail "process 0 of $processes took $elapsed s to notice that another was killed"
+  grep -qE "^train_compute_bench: process 0: lockstep (wait for|signal to) the other processes failed \(Broken pipe\)$" "$work/err" ||
+    fail "no error naming the lockstep wait ($processes processes)"
+  sleep 0.5
+  for c in $children; do  # gone, or a zombie nobody reaped
+    [ ! -e "/proc/$c" ] || grep -qE '^[0-9]+ \(.*\) Z' "/proc/$c/stat" || fail "process $c outlived process 0 ($processes processes)"
+  done
+done
 echo PASSED
