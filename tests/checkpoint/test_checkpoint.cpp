@@ -19,12 +19,15 @@
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>
 
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -37,6 +40,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace ddprun::checkpoint {
@@ -1130,6 +1134,42 @@ TEST_F(CheckpointTest, ACorruptLargeRecordFailsItsChecksumInAnyPiece) {
   write_file("flipped_large.pt", bytes);
   const std::string message = checkpoint_error([&] { load(path("flipped_large.pt")); });
   EXPECT_NE(message.find("record 'data/0' is corrupt (its CRC-32 is "), std::string::npos) << message;
+}
+
+// A file written in place while load() reads it (ddprun's saves never do that: they rename a new file over it, but
+// another program may) is refused, not returned from records that may no longer be the ones checked: here a thread
+// rewrites the file's first byte with the same value over and over (the bytes stay valid, only the file's times
+// change), so every load either returns the tensor or says the file changed, and at least one says so.
+TEST_F(CheckpointTest, AFileWrittenInPlaceDuringALoadIsRefused) {
+  const at::Tensor w = at::arange(6 << 20, at::kFloat);  // 24 MiB: a load spans several clock ticks of file times
+  save(Value::dict({{"w", w}}), path("rewritten.pt"));
+  const int fd = ::open(path("rewritten.pt").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  char first = 0;
+  ASSERT_EQ(::pread(fd, &first, 1, 0), 1);
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    while (!stop.load()) {
+      if (::pwrite(fd, &first, 1, 0) != 1) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  int refused = 0, loaded = 0;
+  for (int i = 0; i < 40 && refused < 3; ++i) {
+    try {
+      EXPECT_TRUE(load(path("rewritten.pt")).at("w").to_tensor().equal(w));
+      ++loaded;
+    } catch (const CheckpointError& e) {
+      EXPECT_EQ(std::string(e.what()), "cannot read checkpoint '" + path("rewritten.pt") +
+                                           "': the file was written in place while it was being loaded; load it again");
+      ++refused;
+    }
+  }
+  stop = true;
+  writer.join();
+  ::close(fd);
+  EXPECT_GE(refused, 1) << "40 loads while the file was being rewritten in place, " << loaded << " returned";
+  EXPECT_TRUE(load(path("rewritten.pt")).at("w").to_tensor().equal(w));  // left alone, it loads
 }
 
 TEST_F(CheckpointTest, LoadFromMemoryReadsTheSameObject) {
