@@ -27,6 +27,12 @@ std::string path_of_rank(const std::string& path, int rank) {
   }
 }
 
+// The one line every failure to write the timeline says: which file, why, what to do.
+std::runtime_error cannot_write(const std::string& path, const std::string& why) {
+  return std::runtime_error("cannot write --timeline '" + path + "' (" + why +
+                            "); give a file in a folder this user can write, on a disk with room");
+}
+
 }  // namespace
 
 Timeline::Timeline(const std::string& path, int rank, size_t max_events)
@@ -49,9 +55,7 @@ void Timeline::check_writable() const {
   if (!enabled()) return;
   const std::string temporary = path_ + ".tmp";
   std::FILE* probe = std::fopen(temporary.c_str(), "w");
-  if (probe == nullptr)
-    throw std::runtime_error("cannot write --timeline '" + path_ + "' (" + std::strerror(errno) +
-                             "); give a file in a folder this user can write");
+  if (probe == nullptr) throw cannot_write(path_, std::strerror(errno));
   std::fclose(probe);
   std::remove(temporary.c_str());
 }
@@ -61,7 +65,7 @@ void Timeline::write() const {
   const std::string temporary = path_ + ".tmp";
   {
     std::ofstream out(temporary);
-    if (!out) throw std::runtime_error("cannot write --timeline '" + path_ + "'; check the folder");
+    if (!out) throw cannot_write(path_, std::strerror(errno));
     const int pid = rank_;
     out << "{\"displayTimeUnit\": \"ms\", \"otherData\": {\"rank\": " << rank_ << ", \"events_dropped\": " << dropped_
         << "}, \"traceEvents\": [\n";
@@ -76,11 +80,11 @@ void Timeline::write() const {
           << ", \"ts\": " << e.begin_us << ", \"dur\": " << e.duration_us << ", \"args\": {" << e.args << "}}";
     }
     out << "\n]}\n";
-    if (!out.flush()) throw std::runtime_error("cannot write --timeline '" + path_ + "'; is the disk full?");
+    if (!out.flush()) throw cannot_write(path_, std::strerror(errno));
   }
   std::error_code error;
   std::filesystem::rename(temporary, path_, error);
-  if (error) throw std::runtime_error("cannot write --timeline '" + path_ + "': " + error.message());
+  if (error) throw cannot_write(path_, error.message());
 }
 
 }  // namespace ddprun::trainer
