@@ -27,9 +27,11 @@ std::string path_of_rank(const std::string& path, int rank) {
   }
 }
 
-// The one line every failure to write the timeline says: which file, why, what to do.
-std::runtime_error cannot_write(const std::string& path, const std::string& why) {
-  return std::runtime_error("cannot write --timeline '" + path + "' (" + why +
+// The one line every failure to write the timeline says: which file, why (errno's text, when a call set it), what
+// to do.
+std::runtime_error cannot_write(const std::string& path, const std::string& why = "") {
+  const std::string reason = !why.empty() ? why : errno != 0 ? std::strerror(errno) : "the write failed";
+  return std::runtime_error("cannot write --timeline '" + path + "' (" + reason +
                             "); give a file in a folder this user can write, on a disk with room");
 }
 
@@ -55,7 +57,7 @@ void Timeline::check_writable() const {
   if (!enabled()) return;
   const std::string temporary = path_ + ".tmp";
   std::FILE* probe = std::fopen(temporary.c_str(), "w");
-  if (probe == nullptr) throw cannot_write(path_, std::strerror(errno));
+  if (probe == nullptr) throw cannot_write(path_);
   std::fclose(probe);
   std::remove(temporary.c_str());
 }
@@ -64,8 +66,9 @@ void Timeline::write() const {
   if (!enabled()) return;
   const std::string temporary = path_ + ".tmp";
   {
+    errno = 0;
     std::ofstream out(temporary);
-    if (!out) throw cannot_write(path_, std::strerror(errno));
+    if (!out) throw cannot_write(path_);
     const int pid = rank_;
     out << "{\"displayTimeUnit\": \"ms\", \"otherData\": {\"rank\": " << rank_ << ", \"events_dropped\": " << dropped_
         << "}, \"traceEvents\": [\n";
@@ -80,11 +83,18 @@ void Timeline::write() const {
           << ", \"ts\": " << e.begin_us << ", \"dur\": " << e.duration_us << ", \"args\": {" << e.args << "}}";
     }
     out << "\n]}\n";
-    if (!out.flush()) throw cannot_write(path_, std::strerror(errno));
+    if (!out.flush()) {
+      const std::runtime_error error = cannot_write(path_);
+      std::remove(temporary.c_str());  // no half-written file left beside the trace
+      throw error;
+    }
   }
   std::error_code error;
   std::filesystem::rename(temporary, path_, error);
-  if (error) throw cannot_write(path_, error.message());
+  if (error) {
+    std::remove(temporary.c_str());
+    throw cannot_write(path_, error.message());
+  }
 }
 
 }  // namespace ddprun::trainer
